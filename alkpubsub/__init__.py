@@ -1,0 +1,60 @@
+"""alkpubsub: one typed publish/subscribe interface over interchangeable transports."""
+
+from .core.envelope import Event, EventEnvelope, make_event
+from .core.errors import (
+    AlkPubSubError,
+    BackpressureError,
+    DecodeError,
+    FrameTooLargeError,
+    FramingError,
+    InvalidEnvelopeError,
+    InvalidTopicError,
+    MissingExtraError,
+    ReservedTypeError,
+    SubscriptionOverflowError,
+    TargetClosedError,
+    UnknownTransportError,
+)
+from .core.listeners import Listener
+from .pubsub import PubSub, Subscription, create_pubsub
+from .registry import (
+    available_transports,
+    get_transport,
+    transport_from_config,
+    transport_from_env,
+    transport_from_url,
+)
+from .target import BaseEventTarget, TypedEventTarget
+from .transports.memory import MemoryEventTarget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlkPubSubError",
+    "BackpressureError",
+    "BaseEventTarget",
+    "DecodeError",
+    "Event",
+    "EventEnvelope",
+    "FrameTooLargeError",
+    "FramingError",
+    "InvalidEnvelopeError",
+    "InvalidTopicError",
+    "Listener",
+    "MemoryEventTarget",
+    "MissingExtraError",
+    "PubSub",
+    "ReservedTypeError",
+    "Subscription",
+    "SubscriptionOverflowError",
+    "TargetClosedError",
+    "TypedEventTarget",
+    "UnknownTransportError",
+    "available_transports",
+    "create_pubsub",
+    "get_transport",
+    "make_event",
+    "transport_from_config",
+    "transport_from_env",
+    "transport_from_url",
+]

@@ -1,0 +1,101 @@
+"""The control frames of SPEC §2, built and parsed in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .envelope import EventEnvelope, validate_topic
+from .errors import InvalidTopicError
+
+__all__ = [
+    "ERROR",
+    "HELLO",
+    "PING",
+    "PONG",
+    "PROTOCOL_VERSION",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "WELCOME",
+    "error",
+    "hello",
+    "ping",
+    "pong",
+    "subscribe",
+    "subscription_topic",
+    "unsubscribe",
+    "welcome",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+SUBSCRIBE: Final = "__subscribe"
+UNSUBSCRIBE: Final = "__unsubscribe"
+HELLO: Final = "__hello"
+WELCOME: Final = "__welcome"
+PING: Final = "__ping"
+PONG: Final = "__pong"
+ERROR: Final = "__error"
+
+# Error codes carried by ``__error`` frames.
+FORBIDDEN: Final = "forbidden"
+TOO_MANY_TOPICS: Final = "too_many_topics"
+INVALID: Final = "invalid"
+
+
+def _control(type_: str, payload: Any, id_: str = "") -> EventEnvelope:
+    # Control envelopes are built by us from trusted values: skip validation.
+    return EventEnvelope.model_construct(type=type_, id=id_, payload=payload)
+
+
+def subscribe(topic: str) -> EventEnvelope:
+    return _control(SUBSCRIBE, {"topic": topic})
+
+
+def unsubscribe(topic: str) -> EventEnvelope:
+    return _control(UNSUBSCRIBE, {"topic": topic})
+
+
+def hello() -> EventEnvelope:
+    return _control(HELLO, {"protocol": PROTOCOL_VERSION})
+
+
+def welcome(spoke_id: str) -> EventEnvelope:
+    return _control(WELCOME, {"protocol": PROTOCOL_VERSION, "spoke_id": spoke_id})
+
+
+def ping(nonce: str) -> EventEnvelope:
+    return _control(PING, {}, nonce)
+
+
+def pong(nonce: str) -> EventEnvelope:
+    return _control(PONG, {}, nonce)
+
+
+def error(code: str, message: str, topic: str | None = None) -> EventEnvelope:
+    payload: dict[str, str] = {"code": code, "message": message}
+    if topic is not None:
+        payload["topic"] = topic
+    return _control(ERROR, payload)
+
+
+def subscription_topic(envelope: EventEnvelope) -> str | None:
+    """The valid topic of a ``__subscribe``/``__unsubscribe`` frame, or None (C1)."""
+    payload = envelope.payload
+    if not isinstance(payload, dict):
+        return None
+    topic = payload.get("topic")
+    if not isinstance(topic, str) or not topic:
+        return None
+    try:
+        return validate_topic(topic)
+    except InvalidTopicError:
+        return None
+
+
+def welcome_spoke_id(envelope: EventEnvelope) -> str | None:
+    payload = envelope.payload
+    if isinstance(payload, dict):
+        spoke_id = payload.get("spoke_id")
+        if isinstance(spoke_id, str) and spoke_id:
+            return spoke_id
+    return None

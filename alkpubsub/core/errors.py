@@ -1,0 +1,75 @@
+"""One exception hierarchy for the whole library.
+
+Input errors are ``ValueError`` subclasses so that callers validating user input
+can catch them generically; runtime conditions (closed, backpressure) are not.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlkPubSubError",
+    "BackpressureError",
+    "DecodeError",
+    "FrameTooLargeError",
+    "FramingError",
+    "InvalidEnvelopeError",
+    "InvalidTopicError",
+    "MissingExtraError",
+    "ReservedTypeError",
+    "SubscriptionOverflowError",
+    "TargetClosedError",
+    "UnknownTransportError",
+]
+
+
+class AlkPubSubError(Exception):
+    """Base class of every error raised by alkpubsub."""
+
+
+class InvalidEnvelopeError(AlkPubSubError, ValueError):
+    """An envelope, type, id or topic is not acceptable (SPEC E1-E3)."""
+
+
+class InvalidTopicError(InvalidEnvelopeError):
+    """A type or topic breaks the topic rules (SPEC E2, E3)."""
+
+
+class ReservedTypeError(InvalidEnvelopeError):
+    """User code tried to publish a type starting with ``__`` (SPEC E4)."""
+
+
+class FrameTooLargeError(AlkPubSubError, ValueError):
+    """An encoded envelope exceeds ``max_frame_bytes`` (SPEC E6)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded envelope is {size} bytes, above max_frame_bytes={limit}")
+        self.size = size
+        self.limit = limit
+
+
+class DecodeError(AlkPubSubError, ValueError):
+    """Received bytes are not a valid envelope; the frame is dropped (SPEC B10)."""
+
+
+class FramingError(AlkPubSubError, ValueError):
+    """A byte stream broke the framing rules (SPEC F2); the connection must close."""
+
+
+class TargetClosedError(AlkPubSubError, RuntimeError):
+    """The target was closed; it accepts no more events (SPEC B11)."""
+
+
+class BackpressureError(AlkPubSubError, RuntimeError):
+    """The outgoing queue or offline outbox is full; ``await target.drain()`` (SPEC B13)."""
+
+
+class SubscriptionOverflowError(BackpressureError):
+    """A ``subscribe()`` iterator's buffer overflowed under ``overflow="raise"``."""
+
+
+class UnknownTransportError(AlkPubSubError, LookupError):
+    """No transport is registered under that name or URL scheme."""
+
+
+class MissingExtraError(AlkPubSubError, ImportError):
+    """A transport's optional dependency is not installed."""

@@ -1,0 +1,1 @@
+"""Transports: thin asyncio shells around ``alkpubsub.core``."""
