@@ -38,13 +38,11 @@ T = TypeVar("T")
 U = TypeVar("U")
 K = TypeVar("K", bound=Hashable)
 
-MaybeAwaitable = T | Awaitable[T]
 
-
-async def _resolve(value: MaybeAwaitable[T]) -> T:
+async def _resolve(value: T | Awaitable[T]) -> T:
     if inspect.isawaitable(value):
         return await cast(Awaitable[T], value)
-    return cast(T, value)
+    return value
 
 
 async def _aclose(iterator: object) -> None:
@@ -54,7 +52,7 @@ async def _aclose(iterator: object) -> None:
 
 
 async def filter(
-    source: AsyncIterable[T], predicate: Callable[[T], MaybeAwaitable[bool]]
+    source: AsyncIterable[T], predicate: Callable[[T], bool | Awaitable[bool]]
 ) -> AsyncIterator[T]:
     """Items for which ``predicate`` (sync or async) is true."""
     iterator = aiter(source)
@@ -66,7 +64,7 @@ async def filter(
         await _aclose(iterator)
 
 
-async def map(source: AsyncIterable[T], fn: Callable[[T], MaybeAwaitable[U]]) -> AsyncIterator[U]:
+async def map(source: AsyncIterable[T], fn: Callable[[T], U | Awaitable[U]]) -> AsyncIterator[U]:
     """``fn(item)`` (sync or async) for every item."""
     iterator = aiter(source)
     try:
@@ -76,7 +74,9 @@ async def map(source: AsyncIterable[T], fn: Callable[[T], MaybeAwaitable[U]]) ->
         await _aclose(iterator)
 
 
-def pipe(source: AsyncIterable[Any], *stages: Callable[[AsyncIterable[Any]], AsyncIterable[Any]]) -> AsyncIterable[Any]:
+def pipe(
+    source: AsyncIterable[Any], *stages: Callable[[AsyncIterable[Any]], AsyncIterable[Any]]
+) -> AsyncIterable[Any]:
     """Apply ``stages`` left to right: ``pipe(s, f, g) == g(f(s))``."""
     result: AsyncIterable[Any] = source
     for stage in stages:
@@ -102,9 +102,7 @@ async def take(source: AsyncIterable[T], count: int) -> AsyncIterator[T]:
         await _aclose(iterator)
 
 
-async def reduce(
-    source: AsyncIterable[T], fn: Callable[[U, T], MaybeAwaitable[U]], initial: U
-) -> U:
+async def reduce(source: AsyncIterable[T], fn: Callable[[U, T], U | Awaitable[U]], initial: U) -> U:
     """Fold the whole (finite) source into one value."""
     accumulator = initial
     iterator = aiter(source)
@@ -210,10 +208,12 @@ def _default_key(item: object) -> Hashable:
 
     if isinstance(item, EventEnvelope):
         return item.model_dump_json()
-    return cast(Hashable, item)
+    return item
 
 
-async def window(source: AsyncIterable[T], size: int, step: int = 1) -> AsyncIterator[tuple[T, ...]]:
+async def window(
+    source: AsyncIterable[T], size: int, step: int = 1
+) -> AsyncIterator[tuple[T, ...]]:
     """Sliding windows of ``size`` items, one every ``step`` items."""
     if size < 1 or step < 1:
         raise ValueError("size and step must be >= 1")

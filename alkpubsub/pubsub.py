@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from types import TracebackType
@@ -188,10 +189,8 @@ class Subscription(Generic[M]):
 
     def __del__(self) -> None:
         # Deterministic in CPython when an ``async for`` loop is left by break.
-        try:
+        with contextlib.suppress(Exception):
             self._release()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
 
 class PubSub:

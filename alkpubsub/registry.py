@@ -107,7 +107,9 @@ def transport_from_config(config: Mapping[str, Any]) -> TypedEventTarget:
     return get_transport(name, **options)
 
 
-def transport_from_env(default: str = "memory://", environ: Mapping[str, str] | None = None) -> TypedEventTarget:
+def transport_from_env(
+    default: str = "memory://", environ: Mapping[str, str] | None = None
+) -> TypedEventTarget:
     """The transport named by ``$ALKPUBSUB_URL`` (or ``default``)."""
     env = os.environ if environ is None else environ
     return transport_from_url(env.get(ENV_URL) or default)

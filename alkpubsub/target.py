@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -71,10 +72,8 @@ class BaseEventTarget:
             self._close_callbacks.append(callback)
 
     def remove_close_callback(self, callback: Callable[[], None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._close_callbacks.remove(callback)
-        except ValueError:
-            pass
 
     def _mark_closed(self) -> bool:
         """Flag the target closed and run close callbacks; False if it already was."""

@@ -32,7 +32,9 @@ _serializer = EventEnvelope.__pydantic_serializer__
 _validate_json = EventEnvelope.model_validate_json
 
 
-def encode_envelope(envelope: EventEnvelope, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
+def encode_envelope(
+    envelope: EventEnvelope, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> bytes:
     """Compact UTF-8 JSON of ``envelope``; ``FrameTooLargeError`` past the limit (E6)."""
     try:
         data = _serializer.to_json(envelope)
@@ -43,7 +45,7 @@ def encode_envelope(envelope: EventEnvelope, max_frame_bytes: int = DEFAULT_MAX_
     return data
 
 
-def decode_envelope(data: bytes | bytearray | memoryview | str) -> EventEnvelope:
+def decode_envelope(data: bytes | bytearray | str) -> EventEnvelope:
     """Parse one envelope; ``DecodeError`` for anything that is not one (B10)."""
     try:
         return _validate_json(data)
@@ -75,7 +77,7 @@ class FrameDecoder:
     (the connection must then be closed: the stream cannot be resynchronised).
     """
 
-    __slots__ = ("_buffer", "_max_frame_bytes", "_failed")
+    __slots__ = ("_buffer", "_failed", "_max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if not 0 < max_frame_bytes <= _MAX_PREFIX_VALUE:

@@ -20,7 +20,12 @@ from .envelope import Event, EventEnvelope, check_user_event, validate_topic
 from .errors import BackpressureError, DecodeError, TargetClosedError
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 
-__all__ = ["DEFAULT_MAX_OUTGOING_BYTES", "DEFAULT_OUTBOX_LIMIT", "ForwarderStats", "SubscriptionForwarder"]
+__all__ = [
+    "DEFAULT_MAX_OUTGOING_BYTES",
+    "DEFAULT_OUTBOX_LIMIT",
+    "ForwarderStats",
+    "SubscriptionForwarder",
+]
 
 DEFAULT_MAX_OUTGOING_BYTES: Final = 1024 * 1024
 DEFAULT_OUTBOX_LIMIT: Final = 10_000

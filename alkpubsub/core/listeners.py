@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from blinker import ANY, Namespace
 
@@ -24,7 +24,7 @@ __all__ = ["Listener", "ListenerErrorHandler", "ListenerRegistry", "Scheduler"]
 
 logger = logging.getLogger("alkpubsub")
 
-Listener: TypeAlias = Callable[[Event], None | Awaitable[None]]
+Listener: TypeAlias = Callable[[Event], Awaitable[None] | None]
 ListenerErrorHandler: TypeAlias = Callable[[BaseException, Event, Listener], None]
 Scheduler: TypeAlias = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -117,7 +117,8 @@ class ListenerRegistry:
         signal = self._signals.get(event.type)
         if signal is None:
             return 0
-        receivers = list(signal.receivers.values())
+        # Receivers are connected with weak=False, so values are the callables.
+        receivers = cast(list[Listener], list(signal.receivers.values()))
         for listener in receivers:
             try:
                 result = listener(event)
@@ -153,9 +154,7 @@ class ListenerRegistry:
 
     def _report(self, exc: BaseException, event: Event, listener: Listener) -> None:
         self.listener_errors += 1
-        logger.error(
-            "listener %r raised on topic %r", listener, event.type, exc_info=exc
-        )
+        logger.error("listener %r raised on topic %r", listener, event.type, exc_info=exc)
         if self._on_listener_error is not None:
             try:
                 self._on_listener_error(exc, event, listener)

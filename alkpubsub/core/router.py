@@ -13,7 +13,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from . import control
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
@@ -178,7 +178,9 @@ class HubRouter:
 
     # -- receiving ----------------------------------------------------------------
 
-    def receive(self, conn: HubConnection, message: bytes | str) -> SubscribeRequest | PublishRequest | None:
+    def receive(
+        self, conn: HubConnection, message: bytes | str
+    ) -> SubscribeRequest | PublishRequest | None:
         """Handle one message; returns what needs authorization, if anything."""
         if conn.closing:
             return None
@@ -354,5 +356,3 @@ class HubRouter:
 
 def _ignore_conn(_: HubConnection) -> None:
     return None
-
-

@@ -1,0 +1,35 @@
+"""The alkpubsub conformance suite, for our transports and third-party ones.
+
+Use it from a test module::
+
+    pytest_plugins = ["alkpubsub.testing.plugin"]
+
+    from alkpubsub.testing import BusHarness, CoreConformance
+
+    class MyBus(BusHarness):
+        async def open(self, n, **options):
+            ...  # start n connected targets of one bus; remember them for aclose()
+
+    @pytest.fixture
+    def bus_harness():
+        return MyBus()
+
+    class TestMyTransport(CoreConformance):
+        pass
+
+See ``docs/conformance.md``.
+"""
+
+from .harness import BusHarness, MemoryBus
+from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
+from .suite import CoreConformance
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BusHarness",
+    "CoreConformance",
+    "MemoryBus",
+    "Recorder",
+    "publish_all",
+    "within",
+]

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import pytest
+
+from alkpubsub.testing import BusHarness, MemoryBus
+
+pytest_plugins = ["alkpubsub.testing.plugin"]
+
+BUS_FACTORIES = {"memory": MemoryBus}
+
+
+@pytest.fixture(params=sorted(BUS_FACTORIES))
+def bus_harness(request: pytest.FixtureRequest) -> BusHarness:
+    return BUS_FACTORIES[request.param]()

@@ -1,0 +1,7 @@
+"""Every transport's bus runs the same conformance suite."""
+
+from alkpubsub.testing import CoreConformance
+
+
+class TestCoreConformance(CoreConformance):
+    pass
