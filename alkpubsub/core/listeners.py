@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from types import BuiltinMethodType
 from typing import Any, TypeAlias, cast
 
 from blinker import ANY, Namespace
@@ -75,6 +76,8 @@ class ListenerRegistry:
         signal = self._signals.get(topic)
         if signal is None:
             signal = self._signals.signal(topic)
+        elif self._builtin_twin(signal.receivers, listener) is not None:
+            return False
         before = len(signal.receivers)
         signal.connect(listener, sender=ANY, weak=False)
         return before == 0 and len(signal.receivers) == 1
@@ -87,7 +90,7 @@ class ListenerRegistry:
         if signal is None:
             return False
         before = len(signal.receivers)
-        signal.disconnect(listener, sender=ANY)
+        signal.disconnect(self._builtin_twin(signal.receivers, listener) or listener, sender=ANY)
         if len(signal.receivers) == before:
             return False
         if not signal.receivers:
@@ -95,6 +98,20 @@ class ListenerRegistry:
             del self._signals[topic]
             return True
         return False
+
+    @staticmethod
+    def _builtin_twin(receivers: dict[Any, Any], listener: Listener) -> Listener | None:
+        """The connected receiver equal to a builtin bound method, if any.
+
+        blinker keys receivers by identity, which equates Python bound methods
+        of one object; builtin bound methods (``list.append``) are new objects on
+        every access, so they are matched by equality.
+        """
+        if isinstance(listener, BuiltinMethodType) and not inspect.ismodule(listener.__self__):
+            for receiver in receivers.values():
+                if receiver == listener:
+                    return cast(Listener, receiver)
+        return None
 
     def count(self, topic: str) -> int:
         signal = self._signals.get(topic)
@@ -126,7 +143,7 @@ class ListenerRegistry:
                 self._report(exc, event, listener)
                 continue
             if result is not None and inspect.isawaitable(result):
-                self._spawn(self._guard(result, event, listener))
+                self._spawn(result, event, listener)
         return len(receivers)
 
     async def _guard(self, awaitable: Awaitable[None], event: Event, listener: Listener) -> None:
@@ -135,17 +152,20 @@ class ListenerRegistry:
         except Exception as exc:
             self._report(exc, event, listener)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, awaitable: Awaitable[None], event: Event, listener: Listener) -> None:
         if self._schedule is not None:
-            self._schedule(coro)
+            self._schedule(self._guard(awaitable, event, listener))
             return
         if self._default_scheduler is None:
             self._default_scheduler = _TaskScheduler(lambda exc: logger.error("%r", exc))
         try:
-            self._default_scheduler(coro)
+            asyncio.get_running_loop()
         except RuntimeError:
-            coro.close()
-            logger.error("coroutine listener called outside a running event loop; dropped")
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            logger.error("coroutine listener %r called outside a running event loop", listener)
+            return
+        self._default_scheduler(self._guard(awaitable, event, listener))
 
     def cancel_pending(self) -> None:
         """Cancel coroutine listeners still running (on close)."""

@@ -247,20 +247,26 @@ class CoreConformance:
 
     async def test_b11_close_is_final_and_idempotent(self, bus: BusHarness) -> None:
         """B11: aclose() twice is fine; then dispatch raises, add/remove are
-        no-ops and live subscribe() iterators end."""
+        no-ops and live subscribe() iterators end, even one that is waiting."""
         targets = await bus.open(2)
-        target = targets[-1]
-        pubsub = create_pubsub(target)
-        subscription = pubsub.subscribe("b11", "t")
-        await within(target.flush())
+        target, publisher = targets[-1], targets[0]
+        subscription = create_pubsub(target).subscribe("b11", "t")
+        await _flush_all(targets)
+        got_first = asyncio.Event()
+        received: list[EventEnvelope] = []
 
-        async def drain_subscription() -> list[EventEnvelope]:
-            return [envelope async for envelope in subscription]
+        async def consume() -> None:
+            async for envelope in subscription:
+                received.append(envelope)
+                got_first.set()
 
-        consumer = asyncio.ensure_future(drain_subscription())
+        consumer = asyncio.ensure_future(consume())
+        publisher.dispatch_event(make_event("b11", "t", "first"))
+        await within(got_first.wait())  # the consumer is now waiting for more
         await within(target.aclose())
         await within(target.aclose())
-        assert await within(consumer) == []
+        await within(consumer)
+        assert [envelope.payload for envelope in received] == ["first"]
         with pytest.raises(TargetClosedError):
             target.dispatch_event(make_event("b11", "t"))
         target.add_event_listener("b11:t", Recorder())

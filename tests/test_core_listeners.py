@@ -1,0 +1,144 @@
+"""ListenerRegistry on blinker (SPEC B6, B9)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Coroutine
+from typing import Any
+
+from alkpubsub.core.envelope import Event, make_event
+from alkpubsub.core.listeners import Listener, ListenerRegistry
+from alkpubsub.testing import within
+
+
+def test_b6_refcount_transitions() -> None:
+    registry = ListenerRegistry()
+    first: list[Event] = []
+    second: list[Event] = []
+    assert registry.add("t:1", first.append) is True
+    assert registry.add("t:1", first.append) is False  # same bound method: no-op
+    assert registry.add("t:1", second.append) is False
+    assert registry.count("t:1") == 2
+    assert registry.remove("t:1", second.append) is False
+    assert registry.remove("t:1", second.append) is False  # unknown now
+    assert registry.remove("t:1", first.append) is True
+    assert registry.count("t:1") == 0
+    assert "t:1" not in registry
+    assert registry.add("t:1", first.append) is True  # re-add after 1 -> 0
+
+
+def test_b6_none_and_unknown_listeners_are_no_ops() -> None:
+    registry = ListenerRegistry()
+    assert registry.add("t:1", None) is False
+    assert registry.remove("t:1", None) is False
+    assert registry.remove("never:1", print) is False
+    assert registry.topics() == []
+
+
+def test_listeners_are_held_strongly() -> None:
+    """blinker's weak default would drop a lambda as soon as it is collected."""
+    registry = ListenerRegistry()
+    seen: list[str] = []
+    registry.add("t:1", lambda event: seen.append(event.type))
+    gc.collect()
+    registry.dispatch(make_event("t", "1"))
+    assert seen == ["t:1"]
+
+
+def test_b9_raising_listener_is_isolated_and_reported() -> None:
+    reported: list[tuple[BaseException, str]] = []
+    registry = ListenerRegistry(
+        on_listener_error=lambda exc, ev, ln: reported.append((exc, ev.type))
+    )
+    seen: list[int] = []
+
+    def broken(event: Event) -> None:
+        raise ValueError("boom")
+
+    registry.add("t:1", broken)
+    registry.add("t:1", lambda event: seen.append(event.detail.payload))
+    assert registry.dispatch(make_event("t", "1", 7)) == 2
+    assert seen == [7]
+    assert registry.listener_errors == 1
+    assert isinstance(reported[0][0], ValueError)
+    assert reported[0][1] == "t:1"
+
+
+def test_error_handler_that_raises_does_not_escape() -> None:
+    def bad_handler(exc: BaseException, event: Event, listener: Listener) -> None:
+        raise RuntimeError("handler broken too")
+
+    registry = ListenerRegistry(on_listener_error=bad_handler)
+    registry.add("t:1", lambda event: 1 / 0)
+    registry.dispatch(make_event("t", "1"))
+    assert registry.listener_errors == 1
+
+
+async def test_b9_coroutine_listeners_are_tasks_and_isolated() -> None:
+    reported: list[BaseException] = []
+    registry = ListenerRegistry(on_listener_error=lambda exc, ev, ln: reported.append(exc))
+    started = asyncio.Event()
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        started.set()
+        await release.wait()
+        done.set()
+
+    async def failing(event: Event) -> None:
+        raise KeyError("async boom")
+
+    registry.add("t:1", slow)
+    registry.add("t:1", failing)
+    registry.dispatch(make_event("t", "1"))  # returns without awaiting
+    assert not done.is_set()
+    await within(started.wait())
+    release.set()
+    await within(done.wait())
+    assert len(reported) == 1
+    assert isinstance(reported[0], KeyError)
+
+
+def test_coroutine_listener_without_loop_is_dropped_not_raised() -> None:
+    registry = ListenerRegistry()
+
+    async def listener(event: Event) -> None:
+        return None
+
+    registry.add("t:1", listener)
+    assert registry.dispatch(make_event("t", "1")) == 1
+
+
+async def test_custom_scheduler_receives_coroutines() -> None:
+    scheduled: list[Coroutine[Any, Any, None]] = []
+    ran: list[str] = []
+    registry = ListenerRegistry(schedule=scheduled.append)
+
+    async def listener(event: Event) -> None:
+        ran.append(event.type)
+
+    registry.add("t:1", listener)
+    registry.dispatch(make_event("t", "1"))
+    assert ran == []
+    assert len(scheduled) == 1
+    await within(scheduled[0])
+    assert ran == ["t:1"]
+
+
+def test_b6_bound_methods_of_one_object_are_one_listener() -> None:
+    class Handler:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def on_event(self, event: Event) -> None:
+            self.seen += 1
+
+    handler = Handler()
+    registry = ListenerRegistry()
+    assert registry.add("t:1", handler.on_event) is True
+    assert registry.add("t:1", handler.on_event) is False
+    registry.dispatch(make_event("t", "1"))
+    assert handler.seen == 1
+    assert registry.remove("t:1", handler.on_event) is True
