@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -32,7 +31,7 @@ class ThirdPartyTarget(MemoryEventTarget):
 
 
 @pytest.fixture
-def extra_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def extra_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
     """Register entry points as a separately installed distribution would."""
     module = types.ModuleType("third_party_transport")
     module.ThirdPartyTarget = ThirdPartyTarget  # type: ignore[attr-defined]
@@ -49,7 +48,6 @@ def extra_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return found
 
     monkeypatch.setattr(registry, "entry_points", patched)
-    yield
 
 
 def test_memory_is_registered_by_entry_point() -> None:
@@ -91,6 +89,4 @@ def test_transport_from_config_and_env() -> None:
     with pytest.raises(UnknownTransportError, match="transport"):
         transport_from_config({})
     assert isinstance(transport_from_env(environ={}), MemoryEventTarget)
-    assert isinstance(
-        transport_from_env(environ={"ALKPUBSUB_URL": "memory://"}), MemoryEventTarget
-    )
+    assert isinstance(transport_from_env(environ={"ALKPUBSUB_URL": "memory://"}), MemoryEventTarget)

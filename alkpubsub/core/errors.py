@@ -12,6 +12,8 @@ __all__ = [
     "DecodeError",
     "FrameTooLargeError",
     "FramingError",
+    "ConnectionRefusedByHubError",
+    "HubRefusalError",
     "InvalidEnvelopeError",
     "InvalidTopicError",
     "MissingExtraError",
@@ -73,3 +75,16 @@ class UnknownTransportError(AlkPubSubError, LookupError):
 
 class MissingExtraError(AlkPubSubError, ImportError):
     """A transport's optional dependency is not installed."""
+
+
+class HubRefusalError(AlkPubSubError):
+    """The hub answered with ``__error`` (e.g. ``forbidden``, SPEC B12)."""
+
+    def __init__(self, code: str, message: str, topic: str | None = None) -> None:
+        super().__init__(f"hub refused ({code}){f' on {topic!r}' if topic else ''}: {message}")
+        self.code = code
+        self.topic = topic
+
+
+class ConnectionRefusedByHubError(AlkPubSubError, ConnectionError):
+    """The hub refused the connection (HTTP 401/403, unknown peer, wrong ALPN)."""

@@ -1,0 +1,248 @@
+"""The hub shell shared by every hub transport.
+
+``HubTarget`` = ``HubRouter`` + one served connection per link (a read loop
+that feeds the router and performs authorization, and a writer task that
+flushes the router's queue for that connection). A transport only turns its
+connections into ``HubLink`` objects and calls ``serve_link``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES
+from ..core.envelope import Event, validate_topic
+from ..core.errors import TargetClosedError
+from ..core.listeners import Listener, ListenerErrorHandler
+from ..core.router import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_TOPICS_PER_CONNECTION,
+    Action,
+    HubConnection,
+    HubRouter,
+    HubStats,
+    Peer,
+    PublishRequest,
+    SubscribeRequest,
+)
+from ..target import BaseEventTarget
+
+__all__ = ["Authorize", "CLOSE_BACKPRESSURE", "HubLink", "HubTarget"]
+
+logger = logging.getLogger("alkpubsub")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_BACKPRESSURE = 1013  # "try again later", SPEC B8
+
+WRITE_CHUNK_BYTES = 256 * 1024
+
+Authorize = Callable[[Peer, Action, str], bool | Awaitable[bool]]
+
+
+class HubLink(Protocol):
+    """One spoke connection, as a hub sees it."""
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Write frames in order (may coalesce); raise when the link is gone."""
+
+    def messages(self) -> AsyncIterator[bytes | str]:
+        """Whole received messages until the link ends."""
+
+    def transport_buffered(self) -> int:
+        """Bytes written but still queued below us (socket/stream buffers)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``; never raises."""
+
+
+class HubTarget(BaseEventTarget):
+    """A hub: a ``TypedEventTarget`` whose listeners hear every spoke (H1, H2)."""
+
+    def __init__(
+        self,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        max_topics_per_connection: int = DEFAULT_MAX_TOPICS_PER_CONNECTION,
+        authorize: Authorize | None = None,
+        on_backpressure: Callable[[Peer, int], None] | None = None,
+        on_connection: Callable[[Peer], None] | None = None,
+        on_disconnection: Callable[[Peer], None] | None = None,
+        on_listener_error: ListenerErrorHandler | None = None,
+        frame_format: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        super().__init__()
+        self.router = HubRouter(
+            max_frame_bytes=max_frame_bytes,
+            max_buffered_bytes=max_buffered_bytes,
+            max_topics_per_connection=max_topics_per_connection,
+            frame_format=frame_format,
+            on_overflow=self._on_overflow,
+            on_listener_error=on_listener_error,
+        )
+        self.max_frame_bytes = max_frame_bytes
+        self._authorize = authorize
+        self._on_backpressure = on_backpressure
+        self._on_connection = on_connection
+        self._on_disconnection = on_disconnection
+        self._links: dict[HubConnection, HubLink] = {}
+        self._serving: set[asyncio.Task[None]] = set()
+
+    # -- observability --------------------------------------------------------------
+
+    @property
+    def stats(self) -> HubStats:
+        return self.router.stats
+
+    @property
+    def peers(self) -> list[Peer]:
+        return [conn.peer for conn in self.router.connections.values()]
+
+    @property
+    def listener_errors(self) -> int:
+        return self.router.registry.listener_errors
+
+    def subscribers(self, topic: str) -> list[Peer]:
+        return [conn.peer for conn in self.router.subscriptions.get(topic, {})]
+
+    # -- TypedEventTarget -------------------------------------------------------------
+
+    def add_event_listener(self, topic: str, listener: Listener | None) -> None:
+        if self._closed or listener is None:
+            return
+        self.router.registry.add(validate_topic(topic), listener)
+
+    def remove_event_listener(self, topic: str, listener: Listener | None) -> None:
+        if not self._closed:
+            self.router.registry.remove(topic, listener)
+
+    def dispatch_event(self, event: Event) -> bool:
+        if self._closed:
+            raise TargetClosedError("hub is closed")
+        return self.router.dispatch(event)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """The subscription table is local to the hub: nothing to wait for (B4)."""
+        return None
+
+    async def drain(self) -> None:
+        """Slow subscribers are cut off (B8), so the hub never holds publishers back."""
+        return None
+
+    async def aclose(self) -> None:
+        if not self._mark_closed():
+            return
+        await self._stop_accepting()
+        for link in list(self._links.values()):
+            await link.close(CLOSE_GOING_AWAY, "hub closing")
+        for task in list(self._serving):
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
+        self.router.close()
+
+    async def _stop_accepting(self) -> None:
+        """Stop the transport's listener (server, endpoint). Overridden by transports."""
+
+    # -- serving one connection -----------------------------------------------------------
+
+    async def serve_link(self, link: HubLink, peer_info: dict[str, Any]) -> None:
+        """Serve ``link`` until it ends; the caller owns and closes the link."""
+        if self._closed:
+            raise TargetClosedError("hub is closed")
+        wake = asyncio.Event()
+        conn = self.router.connect(Peer(spoke_id=self.router.new_spoke_id(), **peer_info), wake.set)
+        self._links[conn] = link
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+        self._call(self._on_connection, conn.peer)
+        writer = asyncio.ensure_future(self._write_loop(conn, link, wake))
+        try:
+            reader = asyncio.ensure_future(self._read_loop(conn, link))
+            try:
+                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            self._forget(conn)
+            if task is not None:
+                self._serving.discard(task)
+
+    def _forget(self, conn: HubConnection) -> None:
+        self._links.pop(conn, None)
+        if self.router.disconnect(conn):
+            self._call(self._on_disconnection, conn.peer)
+
+    async def _read_loop(self, conn: HubConnection, link: HubLink) -> None:
+        router = self.router
+        async for message in link.messages():
+            request = router.receive(conn, message)
+            if request is None:
+                continue
+            if self._authorize is None:
+                router.apply(conn, request)
+            else:
+                await self._authorize_and_apply(conn, request)
+
+    async def _authorize_and_apply(
+        self, conn: HubConnection, request: SubscribeRequest | PublishRequest
+    ) -> None:
+        assert self._authorize is not None
+        try:
+            verdict = self._authorize(conn.peer, request.action, request.topic)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("authorize raised; refusing %s of %r", request.action, request.topic)
+            verdict = False
+        if conn.closing:
+            return
+        if verdict:
+            self.router.apply(conn, request)
+        else:
+            self.router.refuse(conn, request.action, request.topic)
+
+    async def _write_loop(self, conn: HubConnection, link: HubLink, wake: asyncio.Event) -> None:
+        router = self.router
+        while True:
+            if not conn.queue:
+                wake.clear()
+                await wake.wait()
+                continue
+            frames = router.take_outgoing(conn, WRITE_CHUNK_BYTES)
+            await link.send(frames)
+            router.report_transport_buffered(conn, link.transport_buffered())
+
+    def _on_overflow(self, conn: HubConnection) -> None:
+        """Called by the router inside a fan-out when ``conn`` exceeds B8's limit."""
+        self._call(self._on_backpressure, conn.peer, conn.buffered_bytes)
+        link = self._links.get(conn)
+        if link is not None:
+            task = asyncio.get_running_loop().create_task(
+                link.close(CLOSE_BACKPRESSURE, "slow consumer: too much buffered")
+            )
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    @staticmethod
+    def _call(callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("hub callback %r raised", callback)
