@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from alkpubsub.testing import BusHarness, MemoryBus
+from alkpubsub.testing import BusHarness, MemoryBus, WebSocketBus
 
 pytest_plugins = ["alkpubsub.testing.plugin"]
 
-BUS_FACTORIES = {"memory": MemoryBus}
+BUS_FACTORIES: dict[str, type[BusHarness]] = {"memory": MemoryBus, "ws": WebSocketBus}
 
 
 @pytest.fixture(params=sorted(BUS_FACTORIES))

@@ -20,7 +20,7 @@ Use it from a test module::
 See ``docs/conformance.md``.
 """
 
-from .harness import BusHarness, MemoryBus
+from .harness import BusHarness, HubAndSpokesBus, MemoryBus, WebSocketBus
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance
 
@@ -28,7 +28,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "BusHarness",
     "CoreConformance",
+    "HubAndSpokesBus",
     "MemoryBus",
+    "WebSocketBus",
     "Recorder",
     "publish_all",
     "within",

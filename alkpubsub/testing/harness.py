@@ -8,7 +8,7 @@ from typing import Any
 from ..target import TypedEventTarget
 from ..transports.memory import MemoryEventTarget
 
-__all__ = ["BusHarness", "MemoryBus"]
+__all__ = ["BusHarness", "HubAndSpokesBus", "MemoryBus", "WebSocketBus"]
 
 
 class BusHarness(abc.ABC):
@@ -52,3 +52,73 @@ class MemoryBus(BusHarness):
         for target in self._targets:
             await target.aclose()
         self._targets.clear()
+
+
+_SHARED_OPTIONS = ("on_listener_error",)
+
+
+class HubAndSpokesBus(BusHarness):
+    """One hub (``targets[0]``) and ``n - 1`` spokes connected to it.
+
+    Subclasses say how to build the hub and a spoke for it. ``open`` options
+    prefixed ``hub_`` or ``spoke_`` go to one side; ``on_listener_error`` to both.
+    """
+
+    encodes = True
+    has_hub = True
+
+    def __init__(self) -> None:
+        self.hubs: list[Any] = []
+        self.spokes: list[Any] = []
+
+    @abc.abstractmethod
+    def make_hub(self, **options: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def make_spoke(self, hub: Any, **options: Any) -> Any: ...
+
+    async def open(self, n: int, **options: Any) -> list[TypedEventTarget]:
+        hub_options = {k[4:]: v for k, v in options.items() if k.startswith("hub_")}
+        spoke_options = {k[6:]: v for k, v in options.items() if k.startswith("spoke_")}
+        for key in _SHARED_OPTIONS:
+            if key in options:
+                hub_options[key] = spoke_options[key] = options[key]
+        hub = self.make_hub(**hub_options)
+        self.hubs.append(hub)
+        await hub.start()
+        spokes = []
+        for _ in range(n - 1):
+            spoke = self.make_spoke(hub, **spoke_options)
+            self.spokes.append(spoke)
+            await spoke.start()
+            spokes.append(spoke)
+        return [hub, *spokes]
+
+    async def add_spoke(self, hub: Any, **options: Any) -> Any:
+        spoke = self.make_spoke(hub, **options)
+        self.spokes.append(spoke)
+        await spoke.start()
+        return spoke
+
+    async def aclose(self) -> None:
+        for target in [*self.spokes, *self.hubs]:
+            await target.aclose()
+        self.spokes.clear()
+        self.hubs.clear()
+
+
+class WebSocketBus(HubAndSpokesBus):
+    """A ``ws-hub`` on loopback with ``ws-spoke`` targets."""
+
+    name = "ws"
+
+    def make_hub(self, **options: Any) -> Any:
+        from ..transports.ws import WebSocketHub
+
+        options.setdefault("port", 0)
+        return WebSocketHub(**options)
+
+    def make_spoke(self, hub: Any, **options: Any) -> Any:
+        from ..transports.ws import WebSocketSpoke
+
+        return WebSocketSpoke(hub.url, **options)

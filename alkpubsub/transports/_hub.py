@@ -148,9 +148,13 @@ class HubTarget(BaseEventTarget):
             task.cancel()
         await asyncio.gather(*self._serving, return_exceptions=True)
         self.router.close()
+        await self._finish_close()
 
     async def _stop_accepting(self) -> None:
-        """Stop the transport's listener (server, endpoint). Overridden by transports."""
+        """Stop accepting new connections (server, endpoint). For transports."""
+
+    async def _finish_close(self) -> None:
+        """Release what the transport owns once every connection is gone."""
 
     # -- serving one connection -----------------------------------------------------------
 
