@@ -22,10 +22,12 @@ See ``docs/conformance.md``.
 
 from .harness import BusHarness, HubAndSpokesBus, MemoryBus, WebSocketBus
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
-from .suite import CoreConformance
+from .suite import CoreConformance, HubConformance, ReconnectConformance
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "HubConformance",
+    "ReconnectConformance",
     "BusHarness",
     "CoreConformance",
     "HubAndSpokesBus",

@@ -94,6 +94,22 @@ class HubAndSpokesBus(BusHarness):
             spokes.append(spoke)
         return [hub, *spokes]
 
+    async def restart_hub(self, hub: Any, before_start: Any = None) -> Any:
+        """Close ``hub`` and start a new one its spokes can reach at the same
+        address; ``before_start`` (an async callable) runs while no hub is up."""
+        options = self.restart_options(hub)
+        await hub.aclose()
+        replacement = self.make_hub(**options)
+        self.hubs.append(replacement)
+        if before_start is not None:
+            await before_start()
+        await replacement.start()
+        return replacement
+
+    @abc.abstractmethod
+    def restart_options(self, hub: Any) -> dict[str, Any]:
+        """Options for a new hub at the same address as ``hub``."""
+
     async def add_spoke(self, hub: Any, **options: Any) -> Any:
         spoke = self.make_spoke(hub, **options)
         self.spokes.append(spoke)
@@ -122,3 +138,7 @@ class WebSocketBus(HubAndSpokesBus):
         from ..transports.ws import WebSocketSpoke
 
         return WebSocketSpoke(hub.url, **options)
+
+    def restart_options(self, hub: Any) -> dict[str, Any]:
+        host, port = hub.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        return {"host": host.strip("[]"), "port": int(port)}

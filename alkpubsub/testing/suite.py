@@ -25,7 +25,7 @@ from ..target import TypedEventTarget
 from .harness import BusHarness
 from .helpers import Recorder, publish_all, within
 
-__all__ = ["CoreConformance"]
+__all__ = ["CoreConformance", "HubConformance", "ReconnectConformance"]
 
 
 async def _flush_all(targets: list[TypedEventTarget]) -> None:
@@ -308,3 +308,169 @@ class CoreConformance:
                 break
         assert received == [_Point(x=1, y=2), _Point(x=3, y=4)]
         assert subscription.invalid == 1
+
+
+@pytest.mark.asyncio
+class HubConformance:
+    """Rules of buses with a hub (``targets[0]``) and spokes: E5, E6, B2/B5/B6
+    on the wire, B12. Spokes expose ``spoke_id`` (after ``flush()``) and
+    ``stats.received_events`` (data frames received, before listener lookup);
+    hubs expose ``subscribers(topic)``."""
+
+    async def test_e5_direct_messages_reach_only_their_spoke(self, bus: BusHarness) -> None:
+        """E5/B12: direct:<spoke_id> is for that spoke; others may not subscribe."""
+        errors: list[BaseException] = []
+        hub, alice, bob = await bus.open(3, spoke_on_error=errors.append)
+        await _flush_all([alice, bob])
+        alice_id = alice.spoke_id  # type: ignore[attr-defined]
+        assert alice_id and alice_id != bob.spoke_id  # type: ignore[attr-defined]
+        to_alice, eavesdrop, sentinel = Recorder("alice"), Recorder("bob"), Recorder("sentinel")
+        alice.add_event_listener(f"direct:{alice_id}", to_alice)
+        bob.add_event_listener(f"direct:{alice_id}", eavesdrop)
+        bob.add_event_listener("e5:sentinel", sentinel)
+        await _flush_all([alice, bob])
+        bob.dispatch_event(make_event("direct", alice_id, "from bob"))
+        hub.dispatch_event(make_event("direct", alice_id, "from hub"))
+        hub.dispatch_event(make_event("e5", "sentinel"))
+        await to_alice.wait_for_count(2)
+        await sentinel.wait_for_count(1)
+        assert sorted(to_alice.payloads) == ["from bob", "from hub"]
+        assert eavesdrop.events == []
+        assert any(getattr(exc, "code", None) == "forbidden" for exc in errors)
+
+    async def test_e6_senders_refuse_oversized_envelopes(self, bus: BusHarness) -> None:
+        """E6: hub and spoke raise FrameTooLargeError instead of sending."""
+        from ..core.errors import FrameTooLargeError
+
+        hub, spoke = await bus.open(2, hub_max_frame_bytes=1000, spoke_max_frame_bytes=1000)
+        rec = Recorder()
+        spoke.add_event_listener("e6:t", rec)
+        await within(spoke.flush())
+        for target in (hub, spoke):
+            with pytest.raises(FrameTooLargeError):
+                target.dispatch_event(make_event("e6", "t", "x" * 2000))
+        spoke.dispatch_event(make_event("e6", "t", "small"))
+        await rec.wait_for_count(1)
+        assert rec.payloads == ["small"]
+
+    async def test_b2_hub_writes_only_subscribed_topics(self, bus: BusHarness) -> None:
+        """B2 on the wire: an unsubscribed topic is never written to a spoke."""
+        hub, watcher, publisher = await bus.open(3)
+        rec = Recorder()
+        watcher.add_event_listener("b2w:yes", rec)
+        await _flush_all([watcher, publisher])
+        for i in range(5):
+            hub.dispatch_event(make_event("b2w", "no", i))
+            publisher.dispatch_event(make_event("b2w", "no", i))
+        hub.dispatch_event(make_event("b2w", "yes"))
+        await rec.wait_for_count(1)
+        assert watcher.stats.received_events == 1  # type: ignore[attr-defined]
+
+    async def test_b5_hub_stops_sending_after_unsubscribe(self, bus: BusHarness) -> None:
+        """B5 on the wire: after the last listener is removed and flush()
+        returns, the hub sends no frame of that topic to the spoke."""
+        hub, spoke = await bus.open(2)
+        rec, sentinel = Recorder(), Recorder("sentinel")
+        spoke.add_event_listener("b5w:t", rec)
+        spoke.add_event_listener("b5w:sentinel", sentinel)
+        await within(spoke.flush())
+        hub.dispatch_event(make_event("b5w", "t"))
+        await rec.wait_for_count(1)
+        spoke.remove_event_listener("b5w:t", rec)
+        await within(spoke.flush())
+        assert hub.subscribers("b5w:t") == []  # type: ignore[attr-defined]
+        for i in range(5):
+            hub.dispatch_event(make_event("b5w", "t", i))
+        hub.dispatch_event(make_event("b5w", "sentinel"))
+        await sentinel.wait_for_count(1)
+        assert spoke.stats.received_events == 2  # type: ignore[attr-defined]
+
+    async def test_b6_one_hub_subscription_per_spoke_and_topic(self, bus: BusHarness) -> None:
+        """B6: many listeners of one spoke make one subscription on the hub,
+        released only with the last listener."""
+        hub, spoke = await bus.open(2)
+        listeners = [Recorder(f"l{i}") for i in range(3)]
+        for listener in listeners:
+            spoke.add_event_listener("b6w:t", listener)
+        await within(spoke.flush())
+        assert len(hub.subscribers("b6w:t")) == 1  # type: ignore[attr-defined]
+        for listener in listeners[:2]:
+            spoke.remove_event_listener("b6w:t", listener)
+        await within(spoke.flush())
+        assert len(hub.subscribers("b6w:t")) == 1  # type: ignore[attr-defined]
+        spoke.remove_event_listener("b6w:t", listeners[2])
+        await within(spoke.flush())
+        assert hub.subscribers("b6w:t") == []  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+    async def test_b12_authorize_refuses_subscribe_and_publish(
+        self, bus: BusHarness, asynchronous: bool
+    ) -> None:
+        """B12: a refusal sends __error forbidden and has no other effect."""
+        seen: list[tuple[str, str, str]] = []
+
+        def decide(peer: Any, action: str, topic: str) -> bool:
+            seen.append((peer.spoke_id, action, topic))
+            return not topic.startswith(("secret:", "readonly:" if action == "publish" else "-"))
+
+        async def decide_async(peer: Any, action: str, topic: str) -> bool:
+            return decide(peer, action, topic)
+
+        errors: list[BaseException] = []
+        hub, spoke, other = await bus.open(
+            3,
+            hub_authorize=decide_async if asynchronous else decide,
+            spoke_on_error=errors.append,
+        )
+        secret, readonly, hub_heard = Recorder("secret"), Recorder("readonly"), Recorder("hub")
+        spoke.add_event_listener("secret:1", secret)
+        spoke.add_event_listener("readonly:1", readonly)
+        hub.add_event_listener("readonly:1", hub_heard)
+        await within(spoke.flush())
+        other.dispatch_event(make_event("readonly", "1", "refused publish"))
+        hub.dispatch_event(make_event("secret", "1", "not for spokes"))
+        hub.dispatch_event(make_event("readonly", "1", "allowed"))
+        await readonly.wait_for_count(1)
+        assert readonly.payloads == ["allowed"]
+        assert secret.events == []
+        assert hub_heard.payloads == ["allowed"]
+        assert {action for _, action, _ in seen} == {"subscribe", "publish"}
+        assert all(spoke_id for spoke_id, _, _ in seen)
+        assert any(getattr(exc, "code", None) == "forbidden" for exc in errors)
+
+
+@pytest.mark.asyncio
+class ReconnectConformance:
+    """B7 for spokes: reconnect by themselves, resubscribe, then send the outbox.
+    Needs a ``HubAndSpokesBus`` (``restart_hub``) and spokes with
+    ``wait_connected`` / ``wait_disconnected``."""
+
+    async def test_b7_reconnect_resubscribes_then_sends_outbox(self, bus: BusHarness) -> None:
+        from .harness import HubAndSpokesBus
+
+        assert isinstance(bus, HubAndSpokesBus)
+        hub, alice, bob = await bus.open(3, spoke_backoff_initial=0.05, spoke_backoff_max=0.5)
+        alice_heard, bob_heard = Recorder("alice"), Recorder("bob")
+        alice.add_event_listener("b7:t", alice_heard)
+        bob.add_event_listener("b7:t", bob_heard)
+        await _flush_all([alice, bob])
+
+        async def while_down() -> None:
+            await within(alice.wait_disconnected())  # type: ignore[attr-defined]
+            await within(bob.wait_disconnected())  # type: ignore[attr-defined]
+            for i in range(3):
+                alice.dispatch_event(make_event("b7", "t", f"offline-{i}"))
+
+        new_hub = await bus.restart_hub(hub, before_start=while_down)
+        hub_heard = Recorder("hub")
+        new_hub.add_event_listener("b7:t", hub_heard)
+        await within(alice.wait_connected())  # type: ignore[attr-defined]
+        await within(bob.wait_connected())  # type: ignore[attr-defined]
+        expected = [f"offline-{i}" for i in range(3)]
+        # alice resubscribed before sending her outbox, so she hears herself.
+        await alice_heard.wait_until(lambda r: r.payloads == expected)
+        await within(bob.flush())
+        new_hub.dispatch_event(make_event("b7", "t", "live"))
+        await bob_heard.wait_for_payload("live")
+        assert [p for p in bob_heard.payloads if p != "live"] in (expected, [])
+        assert hub_heard.payloads[:3] == expected

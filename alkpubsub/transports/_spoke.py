@@ -96,6 +96,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._supervisor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
         self._drained = asyncio.Event()
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
         self.connect_attempts = 0
@@ -129,6 +131,10 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     async def wait_connected(self, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
             await self._connected.wait()
+
+    async def wait_disconnected(self, timeout: float | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            await self._disconnected.wait()
 
     # -- TypedEventTarget --------------------------------------------------------------
 
@@ -232,6 +238,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     async def _run_link(self, link: SpokeLink) -> BaseException | None:
         forwarder = self._forwarder
         forwarder.connection_made()
+        self._disconnected.clear()
         self._connected.set()
         if self._on_connect is not None:
             try:
@@ -253,6 +260,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._connected.clear()
             forwarder.connection_lost()
             self._resolve_pings(False)
+            self._disconnected.set()
             await link.close()
         return reason
 

@@ -215,17 +215,15 @@ class WebSocketHub(HubTarget):
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
         self._server: Server | None = None
+        self._url: str | None = None
         self._mounted: dict[Any, asyncio.Task[None]] = {}
 
     @property
     def url(self) -> str:
         """The ``ws://`` (or ``wss://``) URL actually bound, once started."""
-        if self._server is None:
+        if self._url is None:
             raise RuntimeError("hub is not serving: call start() (or use async with)")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        host = f"[{host}]" if ":" in host else host
-        scheme = "wss" if self._ssl is not None else "ws"
-        return f"{scheme}://{host}:{port}{self.path}"
+        return self._url
 
     async def start(self) -> None:
         if self._closed:
@@ -245,6 +243,10 @@ class WebSocketHub(HubTarget):
                 close_timeout=self._close_timeout,
                 ping_interval=self._ping_interval,
             )
+            host, port = self._server.sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            scheme = "wss" if self._ssl is not None else "ws"
+            self._url = f"{scheme}://{host}:{port}{self.path}"
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
