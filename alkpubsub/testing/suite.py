@@ -323,7 +323,8 @@ class HubConformance:
         hub, alice, bob = await bus.open(3, spoke_on_error=errors.append)
         await _flush_all([alice, bob])
         alice_id = alice.spoke_id  # type: ignore[attr-defined]
-        assert alice_id and alice_id != bob.spoke_id  # type: ignore[attr-defined]
+        assert alice_id
+        assert alice_id != bob.spoke_id  # type: ignore[attr-defined]
         to_alice, eavesdrop, sentinel = Recorder("alice"), Recorder("bob"), Recorder("sentinel")
         alice.add_event_listener(f"direct:{alice_id}", to_alice)
         bob.add_event_listener(f"direct:{alice_id}", eavesdrop)
