@@ -111,6 +111,17 @@ class HubTarget(BaseEventTarget):
     def listener_errors(self) -> int:
         return self.router.registry.listener_errors
 
+    async def disconnect_peer(
+        self, spoke_id: str, code: int = CLOSE_NORMAL, reason: str = ""
+    ) -> bool:
+        """Close one spoke's connection (it will reconnect if it wants to)."""
+        conn = self.router.connections.get(spoke_id)
+        link = None if conn is None else self._links.get(conn)
+        if link is None:
+            return False
+        await link.close(code, reason or "disconnected by the hub")
+        return True
+
     def subscribers(self, topic: str) -> list[Peer]:
         return [conn.peer for conn in self.router.subscriptions.get(topic, {})]
 

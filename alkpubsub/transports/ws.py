@@ -58,8 +58,9 @@ def _address(value: Any) -> str | None:
 class WebsocketsLink:
     """A ``websockets`` (asyncio) connection, client or server side."""
 
-    def __init__(self, ws: ServerConnection | ClientConnection) -> None:
+    def __init__(self, ws: ServerConnection | ClientConnection, close_timeout: float = 2.0) -> None:
         self.ws = ws
+        self.close_timeout = close_timeout
 
     async def send(self, frames: list[bytes]) -> None:
         ws = self.ws
@@ -84,8 +85,15 @@ class WebsocketsLink:
         return 0 if transport is None else transport.get_write_buffer_size()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+        # A peer that stopped reading never lets the close frame out (websockets
+        # waits for the write buffer to drain first): bound the handshake, then
+        # drop the TCP connection.
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.close_timeout)
+        except Exception:
+            transport = self.ws.transport
+            if transport is not None:
+                transport.abort()
 
 
 class StarletteLink:
