@@ -101,6 +101,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._drained = asyncio.Event()
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
         self.connect_attempts = 0
+        self.last_error: BaseException | None = None
         self.connections_made = 0
 
     # -- transport hook ------------------------------------------------------------
@@ -187,9 +188,11 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             try:
                 await self.wait_connected(self.connect_timeout)
             except TimeoutError:
+                last_error = self.last_error
                 await self.aclose()
+                detail = f" (last error: {last_error})" if last_error is not None else ""
                 raise ConnectionError(
-                    f"could not connect to the hub within {self.connect_timeout}s"
+                    f"could not connect to the hub within {self.connect_timeout}s{detail}"
                 ) from None
 
     async def aclose(self) -> None:
@@ -221,6 +224,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.last_error = exc
                 self._report(exc)
                 await asyncio.sleep(self.backoff_delay(failures))
                 failures += 1
