@@ -29,7 +29,7 @@ LENGTH_PREFIX_BYTES: Final = 4
 _MAX_PREFIX_VALUE: Final = 2**32 - 1
 
 _serializer = EventEnvelope.__pydantic_serializer__
-_validate_json = EventEnvelope.model_validate_json
+_validate_json = EventEnvelope.__pydantic_validator__.validate_json
 
 
 def encode_envelope(
@@ -48,11 +48,12 @@ def encode_envelope(
 def decode_envelope(data: bytes | bytearray | str) -> EventEnvelope:
     """Parse one envelope; ``DecodeError`` for anything that is not one (B10)."""
     try:
-        return _validate_json(data)
+        envelope: EventEnvelope = _validate_json(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise DecodeError(f"invalid envelope at {where}: {first['msg']}") from None
+    return envelope
 
 
 def prefix_frame(data: bytes) -> bytes:

@@ -98,8 +98,8 @@ class Event:
 
     @classmethod
     def from_envelope(cls, envelope: EventEnvelope) -> Event:
-        event = cls.__new__(cls)
-        event.type = envelope.topic
+        event = _new_event(cls)
+        event.type = f"{envelope.type}:{envelope.id}"
         event.detail = envelope
         return event
 
@@ -112,6 +112,9 @@ class Event:
         return self.type == other.type and self.detail == other.detail
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_new_event = object.__new__
 
 
 def make_event(type: str, id: str, payload: Any = None) -> Event:

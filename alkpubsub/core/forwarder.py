@@ -16,7 +16,7 @@ from typing import Final
 
 from . import control
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
-from .envelope import Event, EventEnvelope, check_user_event, validate_topic
+from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event, validate_topic
 from .errors import BackpressureError, DecodeError, TargetClosedError
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 
@@ -221,7 +221,7 @@ class SubscriptionForwarder:
         except DecodeError:
             self.stats.invalid_frames += 1
             return
-        if envelope.is_control:
+        if envelope.type[:2] == CONTROL_PREFIX:
             self._receive_control(envelope)
             return
         self.stats.received_events += 1

@@ -62,6 +62,9 @@ class ListenerRegistry:
         schedule: Scheduler | None = None,
     ) -> None:
         self._signals = Namespace()
+        # Per-topic tuple of listeners, rebuilt on every add/remove, so that
+        # dispatch (the hot path) is one dict lookup and no copying.
+        self._snapshots: dict[str, tuple[Listener, ...]] = {}
         self._on_listener_error = on_listener_error
         self._default_scheduler: _TaskScheduler | None = None
         self._schedule = schedule
@@ -80,6 +83,7 @@ class ListenerRegistry:
             return False
         before = len(signal.receivers)
         signal.connect(listener, sender=ANY, weak=False)
+        self._snapshot(topic, signal.receivers)
         return before == 0 and len(signal.receivers) == 1
 
     def remove(self, topic: str, listener: Listener | None) -> bool:
@@ -96,8 +100,14 @@ class ListenerRegistry:
         if not signal.receivers:
             # Namespaces never shrink on their own: one signal per topic forever.
             del self._signals[topic]
+            del self._snapshots[topic]
             return True
+        self._snapshot(topic, signal.receivers)
         return False
+
+    def _snapshot(self, topic: str, receivers: dict[Any, Any]) -> None:
+        # Receivers are connected with weak=False, so values are the callables.
+        self._snapshots[topic] = tuple(cast(list[Listener], list(receivers.values())))
 
     @staticmethod
     def _builtin_twin(receivers: dict[Any, Any], listener: Listener) -> Listener | None:
@@ -114,8 +124,8 @@ class ListenerRegistry:
         return None
 
     def count(self, topic: str) -> int:
-        signal = self._signals.get(topic)
-        return 0 if signal is None else len(signal.receivers)
+        receivers = self._snapshots.get(topic)
+        return 0 if receivers is None else len(receivers)
 
     def topics(self) -> list[str]:
         """Topics with at least one listener, in registration order."""
@@ -126,16 +136,15 @@ class ListenerRegistry:
 
     def clear(self) -> None:
         self._signals.clear()
+        self._snapshots.clear()
 
     # -- dispatch ----------------------------------------------------------
 
     def dispatch(self, event: Event) -> int:
         """Call every listener of ``event.type``; returns how many were called."""
-        signal = self._signals.get(event.type)
-        if signal is None:
+        receivers = self._snapshots.get(event.type)
+        if receivers is None:
             return 0
-        # Receivers are connected with weak=False, so values are the callables.
-        receivers = cast(list[Listener], list(signal.receivers.values()))
         for listener in receivers:
             try:
                 result = listener(event)
