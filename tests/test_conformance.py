@@ -1,4 +1,4 @@
-"""Every transport's bus runs the same conformance suite."""
+"""Every transport's bus runs the same conformance suite (buses: see conftest)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,11 @@ from alkpubsub.testing import (
     CoreConformance,
     HubConformance,
     ReconnectConformance,
-    WebSocketBus,
 )
-
-HUB_BUSES: dict[str, type[BusHarness]] = {"ws": WebSocketBus}
 
 
 class TestCoreConformance(CoreConformance):
-    """On every bus of conftest's ``bus_harness`` (memory, ws, ...)."""
-
-
-@pytest.fixture(params=sorted(HUB_BUSES))
-def hub_bus_harness(request: pytest.FixtureRequest) -> BusHarness:
-    return HUB_BUSES[request.param]()
+    """On memory, ws, iroh and the mixed bus."""
 
 
 class TestHubConformance(HubConformance):

@@ -106,7 +106,10 @@ class FrameDecoder:
             if size == 0 or size > limit:
                 self._failed = True
                 kind = "zero-length frame" if size == 0 else f"frame of {size} bytes"
-                raise FramingError(f"{kind} violates framing (max_frame_bytes={limit})")
+                raise FramingError(
+                    f"{kind} violates framing (max_frame_bytes={limit})",
+                    close_code=1002 if size == 0 else 1009,
+                )
             start = offset + LENGTH_PREFIX_BYTES
             if end - start < size:
                 break

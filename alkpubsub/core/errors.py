@@ -54,7 +54,14 @@ class DecodeError(AlkPubSubError, ValueError):
 
 
 class FramingError(AlkPubSubError, ValueError):
-    """A byte stream broke the framing rules (SPEC F2); the connection must close."""
+    """A byte stream broke the framing rules (SPEC F2); the connection must close.
+
+    ``close_code`` is the application close code to use (1009 too big, 1002 other).
+    """
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class TargetClosedError(AlkPubSubError, RuntimeError):

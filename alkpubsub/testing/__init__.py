@@ -20,7 +20,7 @@ Use it from a test module::
 See ``docs/conformance.md``.
 """
 
-from .harness import BusHarness, HubAndSpokesBus, MemoryBus, WebSocketBus
+from .harness import BusHarness, HubAndSpokesBus, IrohBus, MemoryBus, MixedBus, WebSocketBus
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance, HubConformance, ReconnectConformance
 
@@ -31,7 +31,9 @@ __all__ = [
     "BusHarness",
     "CoreConformance",
     "HubAndSpokesBus",
+    "IrohBus",
     "MemoryBus",
+    "MixedBus",
     "WebSocketBus",
     "Recorder",
     "publish_all",

@@ -8,7 +8,7 @@ from typing import Any
 from ..target import TypedEventTarget
 from ..transports.memory import MemoryEventTarget
 
-__all__ = ["BusHarness", "HubAndSpokesBus", "MemoryBus", "WebSocketBus"]
+__all__ = ["BusHarness", "HubAndSpokesBus", "IrohBus", "MemoryBus", "MixedBus", "WebSocketBus"]
 
 
 class BusHarness(abc.ABC):
@@ -142,3 +142,59 @@ class WebSocketBus(HubAndSpokesBus):
     def restart_options(self, hub: Any) -> dict[str, Any]:
         host, port = hub.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
         return {"host": host.strip("[]"), "port": int(port)}
+
+
+class IrohBus(HubAndSpokesBus):
+    """An ``iroh-hub`` bound to 127.0.0.1 with ``iroh-spoke`` targets dialing its
+    ticket. Run it only where no packet can leave the machine (see
+    ``docs/iroh.md``: iroh endpoints probe for port mappings)."""
+
+    name = "iroh"
+
+    def make_hub(self, **options: Any) -> Any:
+        from ..transports.iroh import IrohHub
+
+        return IrohHub(**options)
+
+    def make_spoke(self, hub: Any, **options: Any) -> Any:
+        from ..transports.iroh import IrohSpoke
+
+        return IrohSpoke(hub.ticket, **options)
+
+    def restart_options(self, hub: Any) -> dict[str, Any]:
+        # Same key and same UDP port: the spokes' ticket stays valid.
+        ipv4 = next(s for s in hub.endpoint.bound_sockets() if not s.startswith("["))
+        return {"secret_key": hub.endpoint.secret_key().to_bytes(), "bind_addr": ipv4}
+
+
+class MixedBus(HubAndSpokesBus):
+    """The same harness code on a WS hub for one ``open`` and an Iroh hub for
+    the next: hubs come from ``get_transport(name)``, spokes only from the
+    hub's URL through ``transport_from_url`` (configuration, not code)."""
+
+    name = "mixed"
+    hub_names = ("ws-hub", "iroh-hub")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._opened = 0
+
+    def make_hub(self, **options: Any) -> Any:
+        from ..registry import get_transport
+
+        name = self.hub_names[self._opened % len(self.hub_names)]
+        self._opened += 1
+        if name == "ws-hub":
+            options.setdefault("port", 0)
+        return get_transport(name, **options)
+
+    def make_spoke(self, hub: Any, **options: Any) -> Any:
+        from ..registry import transport_from_url
+
+        return transport_from_url(hub.url, **options)
+
+    def restart_options(self, hub: Any) -> dict[str, Any]:
+        self._opened -= 1  # the replacement is of the same kind
+        if hub.transport_name == "iroh-hub":
+            return IrohBus.restart_options(IrohBus(), hub)
+        return WebSocketBus.restart_options(WebSocketBus(), hub)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES
 from ..core.envelope import Event, validate_topic
-from ..core.errors import TargetClosedError
+from ..core.errors import FramingError, TargetClosedError
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.router import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -185,6 +185,12 @@ class HubTarget(BaseEventTarget):
             reader = asyncio.ensure_future(self._read_loop(conn, link))
             try:
                 await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done() and not reader.cancelled():
+                    error = reader.exception()
+                    if isinstance(error, FramingError):
+                        # B10: a framing violation closes only this connection.
+                        self.router.stats.invalid_frames += 1
+                        await link.close(error.close_code, str(error))
             finally:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

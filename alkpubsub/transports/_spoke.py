@@ -234,6 +234,9 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             reason = await self._run_link(link)
             if self._closed:
                 return
+            if isinstance(reason, ConnectionRefusedByHubError):
+                self.last_error = reason
+                self._report(reason)
             # A link that died at once counts as a failure: no tight reconnect loop.
             failures = 0 if loop.time() - up_since > self.backoff_max else failures + 1
             self._notify_disconnect(reason)

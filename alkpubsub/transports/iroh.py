@@ -1,0 +1,406 @@
+"""Iroh transport: ``iroh-hub`` and ``iroh-spoke`` over P2P QUIC (SPEC F2/F3).
+
+ALPN ``alkpubsub/1``; the spoke dials the hub and opens one bidirectional
+stream; frames are a 4-byte big-endian length and that many bytes of JSON.
+Writes coalesce every queued frame into one ``write_all``; reads take up to
+64 KiB per call and split frames with the core's ``FrameDecoder``: one FFI
+call per frame is too slow and, under load, makes quinn drop the connection.
+Subscriptions, relaying, reconnects and backpressure come from the shared
+shells and the core, exactly as for WebSocket.
+
+Endpoints are configured for offline use by default (``preset_minimal()``,
+relays disabled, bound to 127.0.0.1). Relays and n0 discovery are an explicit
+opt-in (``relay_mode=`` / ``preset=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import iroh
+from iroh import (
+    Connection,
+    Endpoint,
+    EndpointAddr,
+    EndpointId,
+    EndpointOptions,
+    EndpointTicket,
+    IrohError,
+    RecvStream,
+    RelayMode,
+    SendStream,
+    preset_minimal,
+)
+
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, prefix_frame
+from ..core.errors import ConnectionRefusedByHubError, FramingError, TargetClosedError
+from ._hub import HubTarget
+from ._iroh_fastpath import install_fast_write
+from ._spoke import SpokeLink, SpokeTarget
+
+__all__ = ["ALPN", "IrohHub", "IrohSpoke", "load_secret_key"]
+
+logger = logging.getLogger("alkpubsub")
+
+ALPN: Final = b"alkpubsub/1"
+READ_CHUNK_BYTES: Final = 64 * 1024
+CLOSE_FORBIDDEN: Final = 1008  # policy violation: not on the allow-list
+DEFAULT_BIND: Final = "127.0.0.1:0"
+_CLOSE_CODE = re.compile(r"error_code: (\d+)|\(code (\d+)\)")
+
+
+def bind_uniffi_loop() -> None:
+    """Point the bindings at the running loop.
+
+    The generated code prefers a loop registered with ``uniffi_set_event_loop``
+    over the running one, so a loop left from an earlier ``asyncio.run`` (or a
+    previous pytest test) would make every call fail with "attached to a
+    different loop". We only call iroh from coroutines on the running loop.
+    """
+    loop = asyncio.get_running_loop()
+    if getattr(iroh.iroh_ffi, "_UNIFFI_GLOBAL_EVENT_LOOP", None) not in (None, loop):
+        iroh.iroh_ffi.uniffi_set_event_loop(loop)  # type: ignore[arg-type]
+
+
+def load_secret_key(key: bytes | str | os.PathLike[str] | None) -> bytes | None:
+    """32 raw bytes, or a key file (created with a fresh key, mode 0600, if missing)."""
+    if key is None or isinstance(key, bytes):
+        if key is not None and len(key) != 32:
+            raise ValueError("an iroh secret key is 32 bytes")
+        return key
+    path = Path(key)
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) != 32:
+            raise ValueError(f"{path} does not hold a 32-byte iroh secret key")
+        return data
+    data = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return data
+
+
+async def bind_endpoint(
+    *,
+    secret_key: bytes | None,
+    bind_addr: str,
+    alpns: list[bytes],
+    relay_mode: RelayMode | None,
+    preset: Any,
+) -> Endpoint:
+    options = EndpointOptions(
+        preset=preset if preset is not None else preset_minimal(),
+        bind_addr=bind_addr,
+        secret_key=secret_key,
+        alpns=alpns,
+        relay_mode=relay_mode if relay_mode is not None else RelayMode.disabled(),
+    )
+    return await Endpoint.bind(options)
+
+
+def close_code_of(error: BaseException) -> int | None:
+    match = _CLOSE_CODE.search(str(error))
+    if match is None:
+        return None
+    return int(match.group(1) or match.group(2))
+
+
+class IrohLink:
+    """One bidirectional stream of one QUIC connection, for a hub or a spoke."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.connection: Connection | None = connection
+        self._send: SendStream | None = send
+        self._recv: RecvStream | None = recv
+        self._max_frame_bytes = max_frame_bytes
+        self._closed = False
+        self.remote_id = ""
+
+    async def send(self, frames: list[bytes]) -> None:
+        if self._send is None:
+            raise ConnectionError("iroh link is closed")
+        # Frames arrive length-prefixed (frame_format=prefix_frame): one FFI call.
+        await self._send.write_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        if self._recv is None:
+            return
+        decoder = FrameDecoder(self._max_frame_bytes)
+        read = self._recv.read
+        while True:
+            try:
+                chunk = await read(READ_CHUNK_BYTES)
+            except IrohError as exc:
+                if close_code_of(exc) == CLOSE_FORBIDDEN:
+                    raise ConnectionRefusedByHubError(f"hub refused this endpoint: {exc}") from exc
+                if not decoder.at_frame_boundary():
+                    raise FramingError("stream ended inside a frame") from exc
+                return
+            if not chunk:
+                if not decoder.at_frame_boundary():
+                    raise FramingError("stream finished inside a frame")
+                return
+            for frame in decoder.feed(chunk):
+                yield frame
+
+    def transport_buffered(self) -> int:
+        return 0  # write_all returns once quinn accepted the bytes (flow control)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        connection, self.connection = self.connection, None
+        # Drop the Rust handles now: a connection keeps its endpoint (and UDP
+        # socket) alive, and tracebacks of cancelled tasks keep links around.
+        self._send = self._recv = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close(code, reason.encode()[:100])
+
+
+def parse_hub_address(
+    hub: str | EndpointAddr | EndpointTicket, addresses: Iterable[str] | None
+) -> EndpointAddr:
+    """A ticket string, an ``EndpointTicket``/``EndpointAddr``, or an endpoint id
+    with ``hub_addresses``."""
+    if isinstance(hub, EndpointAddr):
+        return hub
+    if isinstance(hub, EndpointTicket):
+        return hub.endpoint_addr()
+    text = hub.removeprefix("iroh://").strip().rstrip("/")
+    if addresses is not None:
+        return EndpointAddr(EndpointId.from_string(text), None, list(addresses))
+    try:
+        return EndpointTicket.from_string(text).endpoint_addr()
+    except Exception as exc:
+        raise ValueError(f"not an iroh endpoint ticket: {hub!r} ({exc})") from None
+
+
+class IrohHub(HubTarget):
+    """An Iroh hub: owns its accept loop and one read loop per spoke (H5)."""
+
+    transport_name = "iroh-hub"
+
+    def __init__(
+        self,
+        *,
+        endpoint: Endpoint | None = None,
+        secret_key: bytes | str | os.PathLike[str] | None = None,
+        bind_addr: str = DEFAULT_BIND,
+        allowed_peers: Iterable[str] | None = None,
+        relay_mode: RelayMode | None = None,
+        preset: Any = None,
+        handshake_timeout: float = 10.0,
+        fast_write: bool = True,
+        **hub_options: Any,
+    ) -> None:
+        hub_options.setdefault("frame_format", prefix_frame)
+        super().__init__(**hub_options)
+        self._endpoint = endpoint
+        self._owns_endpoint = endpoint is None
+        self._secret_key = load_secret_key(secret_key)
+        self._bind_addr = bind_addr
+        self._allowed = None if allowed_peers is None else {str(p) for p in allowed_peers}
+        self._relay_mode = relay_mode
+        self._preset = preset
+        self.handshake_timeout = handshake_timeout
+        self._fast_write = fast_write
+        self._accept_task: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._endpoint_id: str | None = None
+        self._ticket: str | None = None
+        self.refused_peers = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            raise RuntimeError("hub is not started" if not self._closed else "hub is closed")
+        return self._endpoint
+
+    @property
+    def endpoint_id(self) -> str:
+        if self._endpoint_id is None:
+            raise RuntimeError("hub is not started")
+        return self._endpoint_id
+
+    @property
+    def ticket(self) -> str:
+        """The ``EndpointTicket`` a spoke dials (``iroh://<ticket>`` as a URL)."""
+        if self._ticket is None:
+            raise RuntimeError("hub is not started")
+        return self._ticket
+
+    @property
+    def url(self) -> str:
+        return f"iroh://{self.ticket}"
+
+    async def start(self) -> None:
+        if self._closed:
+            raise TargetClosedError("hub is closed")
+        if self._started:
+            return
+        self._started = True
+        bind_uniffi_loop()
+        install_fast_write(self._fast_write)
+        if self._endpoint is None:
+            self._endpoint = await bind_endpoint(
+                secret_key=self._secret_key,
+                bind_addr=self._bind_addr,
+                alpns=[ALPN],
+                relay_mode=self._relay_mode,
+                preset=self._preset,
+            )
+        else:
+            self._endpoint.set_alpns([ALPN])
+        self._endpoint_id = str(self._endpoint.id())
+        self._ticket = str(EndpointTicket.from_addr(self._endpoint.addr()))
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        endpoint = self.endpoint
+        while not self._closed:
+            try:
+                incoming = await endpoint.accept_next()
+            except IrohError as exc:
+                logger.warning("iroh accept failed: %s", exc)
+                continue
+            if incoming is None:  # endpoint closed
+                return
+            task = asyncio.ensure_future(self._handle(incoming))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handle(self, incoming: Any) -> None:
+        link = await self._handshake(incoming)
+        del incoming  # holds the endpoint; tracebacks must not keep it alive
+        if link is None:
+            return
+        try:
+            await self.serve_link(link, {"transport": "iroh", "endpoint_id": link.remote_id})
+        except TargetClosedError:
+            pass
+        finally:
+            await link.close(1000, "")
+
+    async def _handshake(self, incoming: Any) -> IrohLink | None:
+        """Accept, check the allow-list, wait for the spoke's stream; None if refused."""
+        connection: Connection | None = None
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                accepting = await incoming.accept()
+                connection = await accepting.connect()
+                remote = str(connection.remote_id())
+                if self._allowed is not None and remote not in self._allowed:
+                    self.refused_peers += 1
+                    logger.info("refusing iroh peer %s: not in allowed_peers", remote)
+                    connection.close(CLOSE_FORBIDDEN, b"endpoint not allowed")
+                    return None
+                # The stream is invisible until the spoke writes (its __hello).
+                stream = await connection.accept_bi()
+        except (TimeoutError, IrohError) as exc:
+            logger.info("iroh handshake failed: %r", exc)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close(1002, b"handshake failed")
+            return None
+        link = IrohLink(connection, stream.send(), stream.recv(), self.max_frame_bytes)
+        link.remote_id = remote
+        return link
+
+    async def _stop_accepting(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        for task in list(self._handshakes):
+            task.cancel()
+
+    async def _finish_close(self) -> None:
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        if self._owns_endpoint and self._endpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._endpoint.close()
+            # The UDP sockets are released only when the Rust object is dropped.
+            self._endpoint = None
+
+
+class IrohSpoke(SpokeTarget):
+    """A spoke dialing an Iroh hub by ticket (or endpoint id and addresses)."""
+
+    transport_name = "iroh-spoke"
+
+    def __init__(
+        self,
+        hub: str | EndpointAddr | EndpointTicket,
+        *,
+        hub_addresses: Iterable[str] | None = None,
+        endpoint: Endpoint | None = None,
+        secret_key: bytes | str | os.PathLike[str] | None = None,
+        bind_addr: str = DEFAULT_BIND,
+        relay_mode: RelayMode | None = None,
+        preset: Any = None,
+        fast_write: bool = True,
+        **spoke_options: Any,
+    ) -> None:
+        spoke_options.setdefault("frame_format", prefix_frame)
+        self.hub_addr = parse_hub_address(hub, hub_addresses)
+        super().__init__(**spoke_options)
+        self._endpoint = endpoint
+        self._owns_endpoint = endpoint is None
+        self._secret_key = load_secret_key(secret_key)
+        self._bind_addr = bind_addr
+        self._relay_mode = relay_mode
+        self._preset = preset
+        self._fast_write = fast_write
+        self._endpoint_id: str | None = None
+
+    @property
+    def endpoint_id(self) -> str:
+        if self._endpoint_id is None:
+            raise RuntimeError("spoke is not started")
+        return self._endpoint_id
+
+    async def start(self) -> None:
+        if self._endpoint is None or self._supervisor is None:
+            bind_uniffi_loop()
+            install_fast_write(self._fast_write)
+        if self._endpoint is None and not self._closed:
+            self._endpoint = await bind_endpoint(
+                secret_key=self._secret_key,
+                bind_addr=self._bind_addr,
+                alpns=[],
+                relay_mode=self._relay_mode,
+                preset=self._preset,
+            )
+        if self._endpoint is not None:
+            self._endpoint_id = str(self._endpoint.id())
+        await super().start()
+
+    async def _open_link(self) -> SpokeLink:
+        assert self._endpoint is not None
+        connection = await self._endpoint.connect(self.hub_addr, ALPN)
+        stream = await connection.open_bi()
+        return IrohLink(connection, stream.send(), stream.recv(), self._forwarder.max_frame_bytes)
+
+    async def aclose(self) -> None:
+        was_open = not self._closed
+        await super().aclose()
+        if was_open and self._owns_endpoint and self._endpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._endpoint.close()
+            self._endpoint = None  # drops the Rust object, releasing the socket
