@@ -106,8 +106,18 @@ async def bind_endpoint(
     return await Endpoint.bind(options)
 
 
+def describe(error: BaseException) -> str:
+    """``str(IrohError)`` is empty; the details live in ``message()``."""
+    message = getattr(error, "message", None)
+    if callable(message):
+        with contextlib.suppress(Exception):
+            return str(message())
+    return str(error) or repr(error)
+
+
 def close_code_of(error: BaseException) -> int | None:
-    match = _CLOSE_CODE.search(str(error))
+    """The application close code carried by a connection-lost error, if any."""
+    match = _CLOSE_CODE.search(describe(error))
     if match is None:
         return None
     return int(match.group(1) or match.group(2))
@@ -146,7 +156,9 @@ class IrohLink:
                 chunk = await read(READ_CHUNK_BYTES)
             except IrohError as exc:
                 if close_code_of(exc) == CLOSE_FORBIDDEN:
-                    raise ConnectionRefusedByHubError(f"hub refused this endpoint: {exc}") from exc
+                    raise ConnectionRefusedByHubError(
+                        f"hub refused this endpoint: {describe(exc)}"
+                    ) from exc
                 if not decoder.at_frame_boundary():
                     raise FramingError("stream ended inside a frame") from exc
                 return
@@ -165,12 +177,14 @@ class IrohLink:
             return
         self._closed = True
         connection, self.connection = self.connection, None
-        # Drop the Rust handles now: a connection keeps its endpoint (and UDP
-        # socket) alive, and tracebacks of cancelled tasks keep links around.
-        self._send = self._recv = None
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close(code, reason.encode()[:100])
+        # Only now drop the Rust handles (dropping a quinn SendStream finishes
+        # it, which must not overtake the close code). A connection keeps its
+        # endpoint and UDP socket alive, and tracebacks of cancelled tasks keep
+        # links around, so do not wait for garbage collection.
+        self._send = self._recv = None
 
 
 def parse_hub_address(
@@ -277,7 +291,7 @@ class IrohHub(HubTarget):
             try:
                 incoming = await endpoint.accept_next()
             except IrohError as exc:
-                logger.warning("iroh accept failed: %s", exc)
+                logger.warning("iroh accept failed: %s", describe(exc))
                 continue
             if incoming is None:  # endpoint closed
                 return
@@ -313,7 +327,7 @@ class IrohHub(HubTarget):
                 # The stream is invisible until the spoke writes (its __hello).
                 stream = await connection.accept_bi()
         except (TimeoutError, IrohError) as exc:
-            logger.info("iroh handshake failed: %r", exc)
+            logger.info("iroh handshake failed: %s", describe(exc))
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.close(1002, b"handshake failed")
