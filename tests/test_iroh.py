@@ -305,7 +305,7 @@ async def test_b10_truncated_frame_then_reset_is_survived(hub: IrohHub) -> None:
         assert watched.stats.invalid_frames == 1
 
 
-# -- event loops and the write fast path --------------------------------------------------------------
+# -- event loops and the write fast path ---------------------------------------------
 
 
 def test_uniffi_loop_several_asyncio_runs_in_one_process() -> None:
