@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from alkpubsub.core import control
-from alkpubsub.core.codec import encode_envelope, prefix_frame
+from alkpubsub.core.codec import encode_envelope
 from alkpubsub.core.envelope import Event, EventEnvelope, make_event
 from alkpubsub.core.errors import (
     BackpressureError,
@@ -240,14 +240,6 @@ def test_hub_errors_are_reported() -> None:
     forwarder.on_hub_error = errors.append
     forwarder.receive(encode_envelope(control.error("forbidden", "no", "t:1")))
     assert errors[0].payload == {"code": "forbidden", "message": "no", "topic": "t:1"}
-
-
-def test_length_prefixed_frame_format() -> None:
-    forwarder = SubscriptionForwarder(send_hello=False, frame_format=prefix_frame)
-    forwarder.connection_made()
-    forwarder.dispatch(make_event("x", "1"))
-    (frame,) = forwarder.take_outgoing()
-    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
 
 
 def test_b11_close_makes_dispatch_raise_and_listeners_no_ops() -> None:

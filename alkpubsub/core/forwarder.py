@@ -57,7 +57,6 @@ class SubscriptionForwarder:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_outgoing_bytes: int = DEFAULT_MAX_OUTGOING_BYTES,
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
-        frame_format: Callable[[bytes], bytes] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
         send_hello: bool = True,
@@ -70,7 +69,6 @@ class SubscriptionForwarder:
         self.max_outgoing_bytes = max_outgoing_bytes
         self.outbox_limit = outbox_limit
         self._low_water = max_outgoing_bytes // 4
-        self._frame_format = frame_format
         self._send_hello = send_hello
         # (frame, is_data): control frames are regenerated after a reconnect,
         # data frames survive it as the offline outbox.
@@ -108,8 +106,6 @@ class SubscriptionForwarder:
             raise TargetClosedError("target is closed")
         check_user_event(event)
         frame = encode_envelope(event.detail, self.max_frame_bytes)
-        if self._frame_format is not None:
-            frame = self._frame_format(frame)
         if self.connected:
             if self._queued_bytes and self._queued_bytes + len(frame) > self.max_outgoing_bytes:
                 raise BackpressureError(
@@ -248,8 +244,6 @@ class SubscriptionForwarder:
 
     def _push_control(self, envelope: EventEnvelope) -> None:
         frame = encode_envelope(envelope, self.max_frame_bytes)
-        if self._frame_format is not None:
-            frame = self._frame_format(frame)
         self._push(frame, False)
 
     def _push(self, frame: bytes, is_data: bool) -> None:

@@ -127,7 +127,6 @@ class HubRouter:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_topics_per_connection: int = DEFAULT_MAX_TOPICS_PER_CONNECTION,
-        frame_format: Callable[[bytes], bytes] | None = None,
         on_overflow: Callable[[HubConnection], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
@@ -137,7 +136,6 @@ class HubRouter:
         self.max_frame_bytes = max_frame_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.max_topics_per_connection = max_topics_per_connection
-        self._frame_format = frame_format
         self.on_overflow: Callable[[HubConnection], None] = on_overflow or _ignore_conn
         self.connections: dict[str, HubConnection] = {}
         # E2: keyed by the full topic. Dict values keep insertion order.
@@ -282,8 +280,6 @@ class HubRouter:
         subscribers = self.subscriptions.get(topic)
         if not subscribers:
             return
-        if self._frame_format is not None:
-            frame = self._frame_format(frame)
         size = len(frame)
         limit = self.max_buffered_bytes
         for conn in list(subscribers):
@@ -346,8 +342,6 @@ class HubRouter:
         if conn.closing:
             return
         frame = encode_envelope(envelope, self.max_frame_bytes)
-        if self._frame_format is not None:
-            frame = self._frame_format(frame)
         conn.queue.append(frame)
         conn.queued_bytes += len(frame)
         if len(conn.queue) == 1:

@@ -64,6 +64,20 @@ class HubLink(Protocol):
         """Close the connection with ``code``; never raises."""
 
 
+class Acceptor(Protocol):
+    """Something that accepts connections for a hub and serves them with
+    ``hub.serve_link`` (an Iroh endpoint's accept loop, say). Several acceptors
+    on one hub make one bus across transports."""
+
+    async def start(self, hub: HubTarget) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop accepting new connections."""
+
+    async def release(self) -> None:
+        """Release what it owns, once every connection is gone."""
+
+
 class HubTarget(BaseEventTarget):
     """A hub: a ``TypedEventTarget`` whose listeners hear every spoke (H1, H2)."""
 
@@ -78,14 +92,12 @@ class HubTarget(BaseEventTarget):
         on_connection: Callable[[Peer], None] | None = None,
         on_disconnection: Callable[[Peer], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
-        frame_format: Callable[[bytes], bytes] | None = None,
     ) -> None:
         super().__init__()
         self.router = HubRouter(
             max_frame_bytes=max_frame_bytes,
             max_buffered_bytes=max_buffered_bytes,
             max_topics_per_connection=max_topics_per_connection,
-            frame_format=frame_format,
             on_overflow=self._on_overflow,
             on_listener_error=on_listener_error,
         )
@@ -96,6 +108,26 @@ class HubTarget(BaseEventTarget):
         self._on_disconnection = on_disconnection
         self._links: dict[HubConnection, HubLink] = {}
         self._serving: set[asyncio.Task[None]] = set()
+        self._acceptors: list[Acceptor] = []
+
+    def add_acceptor(self, acceptor: Acceptor) -> None:
+        """Serve connections from ``acceptor`` too; call before ``start()``."""
+        if self._started:
+            raise RuntimeError("add acceptors before the hub starts")
+        self._acceptors.append(acceptor)
+
+    async def start(self) -> None:
+        if self._closed:
+            raise TargetClosedError("hub is closed")
+        if self._started:
+            return
+        self._started = True
+        await self._start_transport()
+        for acceptor in self._acceptors:
+            await acceptor.start(self)
+
+    async def _start_transport(self) -> None:
+        """Start the transport's own listener, if it has one. For transports."""
 
     # -- observability --------------------------------------------------------------
 
@@ -162,10 +194,14 @@ class HubTarget(BaseEventTarget):
         await self._finish_close()
 
     async def _stop_accepting(self) -> None:
-        """Stop accepting new connections (server, endpoint). For transports."""
+        """Stop accepting new connections (server, endpoint). Extended by transports."""
+        for acceptor in self._acceptors:
+            await acceptor.stop()
 
     async def _finish_close(self) -> None:
         """Release what the transport owns once every connection is gone."""
+        for acceptor in self._acceptors:
+            await acceptor.release()
 
     # -- serving one connection -----------------------------------------------------------
 

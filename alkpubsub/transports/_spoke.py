@@ -69,7 +69,6 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         on_disconnect: Callable[[BaseException | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
-        frame_format: Callable[[bytes], bytes] | None = None,
         send_hello: bool = True,
     ) -> None:
         super().__init__()
@@ -79,7 +78,6 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             max_frame_bytes=max_frame_bytes,
             max_outgoing_bytes=max_outgoing_bytes,
             outbox_limit=outbox_limit,
-            frame_format=frame_format,
             on_listener_error=on_listener_error,
             send_hello=send_hello,
         )

@@ -39,13 +39,13 @@ from iroh import (
     preset_minimal,
 )
 
-from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, prefix_frame
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, pack_frames
 from ..core.errors import ConnectionRefusedByHubError, FramingError, TargetClosedError
 from ._hub import HubTarget
 from ._iroh_fastpath import install_fast_write
 from ._spoke import SpokeLink, SpokeTarget
 
-__all__ = ["ALPN", "IrohHub", "IrohSpoke", "load_secret_key"]
+__all__ = ["ALPN", "IrohAcceptor", "IrohHub", "IrohSpoke", "load_secret_key"]
 
 logger = logging.getLogger("alkpubsub")
 
@@ -143,8 +143,8 @@ class IrohLink:
     async def send(self, frames: list[bytes]) -> None:
         if self._send is None:
             raise ConnectionError("iroh link is closed")
-        # Frames arrive length-prefixed (frame_format=prefix_frame): one FFI call.
-        await self._send.write_all(frames[0] if len(frames) == 1 else b"".join(frames))
+        # F3: every queued frame in one write, one FFI call.
+        await self._send.write_all(pack_frames(frames))
 
     async def messages(self) -> AsyncIterator[bytes]:
         if self._recv is None:
@@ -205,10 +205,10 @@ def parse_hub_address(
         raise ValueError(f"not an iroh endpoint ticket: {hub!r} ({exc})") from None
 
 
-class IrohHub(HubTarget):
-    """An Iroh hub: owns its accept loop and one read loop per spoke (H5)."""
-
-    transport_name = "iroh-hub"
+class IrohAcceptor:
+    """Accepts Iroh connections for a hub: binds (or borrows) an endpoint, runs
+    the accept loop, checks the allow-list and hands each spoke's stream to
+    ``hub.serve_link`` (H5). Add it to any hub with ``hub.add_acceptor``."""
 
     def __init__(
         self,
@@ -221,10 +221,7 @@ class IrohHub(HubTarget):
         preset: Any = None,
         handshake_timeout: float = 10.0,
         fast_write: bool = True,
-        **hub_options: Any,
     ) -> None:
-        hub_options.setdefault("frame_format", prefix_frame)
-        super().__init__(**hub_options)
         self._endpoint = endpoint
         self._owns_endpoint = endpoint is None
         self._secret_key = load_secret_key(secret_key)
@@ -234,6 +231,7 @@ class IrohHub(HubTarget):
         self._preset = preset
         self.handshake_timeout = handshake_timeout
         self._fast_write = fast_write
+        self._hub: HubTarget | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self._endpoint_id: str | None = None
@@ -243,32 +241,24 @@ class IrohHub(HubTarget):
     @property
     def endpoint(self) -> Endpoint:
         if self._endpoint is None:
-            raise RuntimeError("hub is not started" if not self._closed else "hub is closed")
+            raise RuntimeError("not started, or already closed")
         return self._endpoint
 
     @property
     def endpoint_id(self) -> str:
         if self._endpoint_id is None:
-            raise RuntimeError("hub is not started")
+            raise RuntimeError("not started")
         return self._endpoint_id
 
     @property
     def ticket(self) -> str:
-        """The ``EndpointTicket`` a spoke dials (``iroh://<ticket>`` as a URL)."""
+        """The ``EndpointTicket`` a spoke dials."""
         if self._ticket is None:
-            raise RuntimeError("hub is not started")
+            raise RuntimeError("not started")
         return self._ticket
 
-    @property
-    def url(self) -> str:
-        return f"iroh://{self.ticket}"
-
-    async def start(self) -> None:
-        if self._closed:
-            raise TargetClosedError("hub is closed")
-        if self._started:
-            return
-        self._started = True
+    async def start(self, hub: HubTarget) -> None:
+        self._hub = hub
         bind_uniffi_loop()
         install_fast_write(self._fast_write)
         if self._endpoint is None:
@@ -287,7 +277,7 @@ class IrohHub(HubTarget):
 
     async def _accept_loop(self) -> None:
         endpoint = self.endpoint
-        while not self._closed:
+        while True:
             try:
                 incoming = await endpoint.accept_next()
             except IrohError as exc:
@@ -300,18 +290,19 @@ class IrohHub(HubTarget):
             task.add_done_callback(self._handshakes.discard)
 
     async def _handle(self, incoming: Any) -> None:
-        link = await self._handshake(incoming)
+        assert self._hub is not None
+        link = await self._handshake(incoming, self._hub.max_frame_bytes)
         del incoming  # holds the endpoint; tracebacks must not keep it alive
         if link is None:
             return
         try:
-            await self.serve_link(link, {"transport": "iroh", "endpoint_id": link.remote_id})
+            await self._hub.serve_link(link, {"transport": "iroh", "endpoint_id": link.remote_id})
         except TargetClosedError:
             pass
         finally:
             await link.close(1000, "")
 
-    async def _handshake(self, incoming: Any) -> IrohLink | None:
+    async def _handshake(self, incoming: Any, max_frame_bytes: int) -> IrohLink | None:
         """Accept, check the allow-list, wait for the spoke's stream; None if refused."""
         connection: Connection | None = None
         try:
@@ -332,11 +323,11 @@ class IrohHub(HubTarget):
                 with contextlib.suppress(Exception):
                     connection.close(1002, b"handshake failed")
             return None
-        link = IrohLink(connection, stream.send(), stream.recv(), self.max_frame_bytes)
+        link = IrohLink(connection, stream.send(), stream.recv(), max_frame_bytes)
         link.remote_id = remote
         return link
 
-    async def _stop_accepting(self) -> None:
+    async def stop(self) -> None:
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -344,13 +335,66 @@ class IrohHub(HubTarget):
         for task in list(self._handshakes):
             task.cancel()
 
-    async def _finish_close(self) -> None:
+    async def release(self) -> None:
         await asyncio.gather(*self._handshakes, return_exceptions=True)
         if self._owns_endpoint and self._endpoint is not None:
             with contextlib.suppress(Exception):
                 await self._endpoint.close()
             # The UDP sockets are released only when the Rust object is dropped.
             self._endpoint = None
+
+
+class IrohHub(HubTarget):
+    """An Iroh hub: a hub whose only acceptor is an ``IrohAcceptor``."""
+
+    transport_name = "iroh-hub"
+
+    def __init__(
+        self,
+        *,
+        endpoint: Endpoint | None = None,
+        secret_key: bytes | str | os.PathLike[str] | None = None,
+        bind_addr: str = DEFAULT_BIND,
+        allowed_peers: Iterable[str] | None = None,
+        relay_mode: RelayMode | None = None,
+        preset: Any = None,
+        handshake_timeout: float = 10.0,
+        fast_write: bool = True,
+        **hub_options: Any,
+    ) -> None:
+        super().__init__(**hub_options)
+        self.iroh = IrohAcceptor(
+            endpoint=endpoint,
+            secret_key=secret_key,
+            bind_addr=bind_addr,
+            allowed_peers=allowed_peers,
+            relay_mode=relay_mode,
+            preset=preset,
+            handshake_timeout=handshake_timeout,
+            fast_write=fast_write,
+        )
+        self.add_acceptor(self.iroh)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.iroh.endpoint
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.iroh.endpoint_id
+
+    @property
+    def ticket(self) -> str:
+        """The ``EndpointTicket`` a spoke dials (``iroh://<ticket>`` as a URL)."""
+        return self.iroh.ticket
+
+    @property
+    def url(self) -> str:
+        return f"iroh://{self.ticket}"
+
+    @property
+    def refused_peers(self) -> int:
+        return self.iroh.refused_peers
 
 
 class IrohSpoke(SpokeTarget):
@@ -371,7 +415,6 @@ class IrohSpoke(SpokeTarget):
         fast_write: bool = True,
         **spoke_options: Any,
     ) -> None:
-        spoke_options.setdefault("frame_format", prefix_frame)
         self.hub_addr = parse_hub_address(hub, hub_addresses)
         super().__init__(**spoke_options)
         self._endpoint = endpoint

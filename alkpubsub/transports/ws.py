@@ -233,12 +233,7 @@ class WebSocketHub(HubTarget):
             raise RuntimeError("hub is not serving: call start() (or use async with)")
         return self._url
 
-    async def start(self) -> None:
-        if self._closed:
-            raise TargetClosedError("hub is closed")
-        if self._started:
-            return
-        self._started = True
+    async def _start_transport(self) -> None:
         if self._serve:
             self._server = await serve(
                 self._handle,
@@ -328,8 +323,10 @@ class WebSocketHub(HubTarget):
     async def _stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close(close_connections=False)
+        await super()._stop_accepting()
 
     async def _finish_close(self) -> None:
+        await super()._finish_close()
         for task in list(self._mounted.values()):
             task.cancel()
         await asyncio.gather(*self._mounted.values(), return_exceptions=True)
