@@ -53,13 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     hub.add_argument("--port", type=int, default=8765, help="port to bind, 0 = any (default 8765)")
     hub.add_argument("--path", default="/", help="URL path served (default /)")
+    hub.add_argument(
+        "--iroh",
+        action="store_true",
+        help="also serve Iroh (P2P QUIC) on the same bus and print its iroh:// URL "
+        "(endpoint bound to 127.0.0.1, relays off)",
+    )
+    hub.add_argument(
+        "--iroh-key",
+        metavar="FILE",
+        help="iroh secret key file (created if missing) so the ticket survives restarts",
+    )
 
     sub = commands.add_parser(
         "sub",
         help="print received envelopes as JSON lines",
         description="Subscribe to topics ('type:id') and print each envelope as one JSON line.",
     )
-    sub.add_argument("url", help="hub URL, e.g. ws://127.0.0.1:8765/")
+    sub.add_argument("url", help="hub URL: ws://host:port/path or iroh://<ticket>")
     sub.add_argument("topics", nargs="+", metavar="TOPIC", help="topic 'type:id' to subscribe")
     sub.add_argument("--count", type=int, default=None, help="exit after N envelopes")
     sub.add_argument(
@@ -75,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             '{"type": ..., "id": ..., "payload": ...}.'
         ),
     )
-    pub.add_argument("url", help="hub URL, e.g. ws://127.0.0.1:8765/")
+    pub.add_argument("url", help="hub URL: ws://host:port/path or iroh://<ticket>")
     pub.add_argument("type", metavar="TYPE", help="event type, or '-' to read stdin")
     pub.add_argument("id", metavar="ID", nargs="?", help="event id")
     pub.add_argument(
@@ -108,11 +119,22 @@ async def run_hub(args: argparse.Namespace) -> None:
     from .transports.ws import WebSocketHub
 
     hub = WebSocketHub(host=args.host, port=args.port, path=args.path)
+    iroh_acceptor = None
+    if args.iroh:
+        try:
+            from .transports.iroh import IrohAcceptor
+        except ImportError:
+            raise CliError("--iroh needs the iroh extra: pip install 'alkpubsub[iroh]'") from None
+        iroh_acceptor = IrohAcceptor(secret_key=args.iroh_key)
+        hub.add_acceptor(iroh_acceptor)
     try:
         await hub.start()
     except OSError as exc:
+        await hub.aclose()
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print(hub.url, flush=True)
+    if iroh_acceptor is not None:
+        print(f"iroh://{iroh_acceptor.ticket}", flush=True)
     try:
         await _until_interrupted()
     finally:

@@ -121,3 +121,35 @@ async def test_help_explains_each_command() -> None:
         code, sub_help, _ = await run(command, "--help")
         assert code == 0
         assert "usage: alkpubsub " + command in sub_help
+
+
+async def test_hub_with_iroh_serves_one_bus_on_both_transports(loopback_only: None) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alkpubsub", "hub", "--port", "0", "--iroh",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        ws_url = (await within(process.stdout.readline(), TIMEOUT)).decode().strip()
+        iroh_url = (await within(process.stdout.readline(), TIMEOUT)).decode().strip()
+        assert ws_url.startswith("ws://")
+        assert iroh_url.startswith("iroh://endpoint")
+        # Subscribe over Iroh, publish over WebSocket: one bus.
+        subscriber = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "alkpubsub", "sub", iroh_url, "mixed:1", "--count", "1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert subscriber.stderr is not None
+        ready = await within(subscriber.stderr.readline(), TIMEOUT)
+        assert ready.startswith(b"subscribed")
+        code, _, err = await run("pub", ws_url, "mixed", "1", '"over ws"')
+        assert (code, err) == (0, "")
+        out, _ = await within(subscriber.communicate(), TIMEOUT)
+        assert json.loads(out) == {"type": "mixed", "id": "1", "payload": "over ws"}
+        code, _, err = await run("pub", iroh_url, "mixed", "2")
+        assert (code, err) == (0, "")
+    finally:
+        process.terminate()
+        assert await within(process.wait(), TIMEOUT) == 0
