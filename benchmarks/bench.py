@@ -1,6 +1,7 @@
-"""WebSocket benchmark: alkpubsub ws-hub + ws-spoke against a minimal raw hub.
+"""Benchmark: alkpubsub hub + spokes against a minimal hand-written hub.
 
-    python benchmarks/bench_ws.py [--repeat 3] [--json results.json]
+    python benchmarks/bench.py --transport ws   [--repeat 5] [--json results.json]
+    python benchmarks/bench.py --transport iroh [--repeat 5]   (under loopback-only)
 
 For each system the hub runs in its own process; every client (publisher and
 subscribers) runs in this process. Workloads (all on loopback):
@@ -37,8 +38,9 @@ from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from alkpubsub import BackpressureError, make_event
-from alkpubsub.transports.ws import WebSocketSpoke
+from alkpubsub import BackpressureError, make_event, transport_from_url
+from alkpubsub.core.codec import FrameDecoder, pack_frames
+from alkpubsub.transports._spoke import SpokeTarget
 
 HERE = Path(__file__).resolve().parent
 PAD = "x" * 40  # makes a W1 envelope about 100 bytes on the wire
@@ -61,14 +63,20 @@ class Publisher(Protocol):
 # -- alkpubsub clients --------------------------------------------------------------
 
 
+def alk_spoke(url: str) -> SpokeTarget:
+    spoke = transport_from_url(url)  # ws-spoke or iroh-spoke, by URL only
+    assert isinstance(spoke, SpokeTarget)
+    return spoke
+
+
 class AlkSubscriber:
-    def __init__(self, spoke: WebSocketSpoke, delivered: list[int]) -> None:
+    def __init__(self, spoke: SpokeTarget, delivered: list[int]) -> None:
         self.spoke = spoke
         self.delivered = delivered
 
     @classmethod
     async def open(cls, url: str, topic: str, on_message: OnMessage) -> AlkSubscriber:
-        spoke = WebSocketSpoke(url, max_outgoing_bytes=4 * 1024 * 1024)
+        spoke = alk_spoke(url)
         await spoke.start()
         delivered = [0]
 
@@ -89,12 +97,12 @@ class AlkSubscriber:
 
 
 class AlkPublisher:
-    def __init__(self, spoke: WebSocketSpoke) -> None:
+    def __init__(self, spoke: SpokeTarget) -> None:
         self.spoke = spoke
 
     @classmethod
     async def open(cls, url: str) -> AlkPublisher:
-        spoke = WebSocketSpoke(url)
+        spoke = alk_spoke(url)
         await spoke.start()
         return cls(spoke)
 
@@ -180,28 +188,140 @@ class RawPublisher(RawClient):
         await self.ping()
 
 
+class RawIrohClient:
+    """A hand-written iroh client: coalesced writes, 64 KiB reads, manual framing."""
+
+    def __init__(self, on_message: OnMessage | None, topic: str | None) -> None:
+        self.on_message = on_message
+        self.topic = topic
+        self.leaked = 0
+        self.pongs: dict[str, asyncio.Future[None]] = {}
+        self.nonce = 0
+        self.queue: list[bytes] = []
+        self.wake = asyncio.Event()
+        self.drained = asyncio.Event()
+
+    async def connect(self, url: str) -> None:
+        import iroh
+
+        from alkpubsub.transports.iroh import ALPN, bind_endpoint
+
+        self.endpoint = await bind_endpoint(
+            secret_key=None, bind_addr="127.0.0.1:0", alpns=[], relay_mode=None, preset=None
+        )
+        ticket = iroh.EndpointTicket.from_string(url.removeprefix("iroh://"))
+        self.connection = await self.endpoint.connect(ticket.endpoint_addr(), ALPN)
+        stream = await self.connection.open_bi()
+        self.send, self.recv = stream.send(), stream.recv()
+        self.tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._write())]
+
+    async def _write(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            frames, self.queue = self.queue, []
+            await self.send.write_all(pack_frames(frames))
+            if not self.queue:
+                self.drained.set()
+
+    def write(self, envelope: dict[str, Any]) -> None:
+        self.queue.append(json.dumps(envelope).encode())
+        self.drained.clear()
+        self.wake.set()
+
+    async def _read(self) -> None:
+        decoder = FrameDecoder()
+        while chunk := await self.recv.read(65536):
+            for frame in decoder.feed(chunk):
+                envelope = json.loads(frame)
+                kind = envelope["type"]
+                if kind == "__pong":
+                    waiter = self.pongs.pop(envelope["id"], None)
+                    if waiter is not None:
+                        waiter.set_result(None)
+                elif not kind.startswith("__"):
+                    topic = f"{kind}:{envelope['id']}"
+                    if topic != self.topic:
+                        self.leaked += 1
+                    elif self.on_message is not None:
+                        self.on_message(topic, envelope["payload"])
+
+    async def ping(self) -> None:
+        self.nonce += 1
+        nonce = str(self.nonce)
+        waiter = asyncio.get_running_loop().create_future()
+        self.pongs[nonce] = waiter
+        self.write({"type": "__ping", "id": nonce, "payload": {}})
+        await asyncio.wait_for(waiter, 30)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.connection.close(0, b"")
+        await self.endpoint.close()
+
+
+class RawIrohSubscriber(RawIrohClient):
+    @classmethod
+    async def open(cls, url: str, topic: str, on_message: OnMessage) -> RawIrohSubscriber:
+        client = cls(on_message, topic)
+        await client.connect(url)
+        client.write({"type": "__subscribe", "id": "", "payload": {"topic": topic}})
+        await client.ping()
+        return client
+
+    def leaks(self) -> int:
+        return self.leaked
+
+
+class RawIrohPublisher(RawIrohClient):
+    @classmethod
+    async def open(cls, url: str) -> RawIrohPublisher:
+        client = cls(None, None)
+        await client.connect(url)
+        return client
+
+    async def publish(self, type_: str, id_: str, payload: Any) -> None:
+        self.write({"type": type_, "id": id_, "payload": payload})
+        if len(self.queue) > 1000:  # bounded, like alkpubsub's B13 queue
+            await self.drained.wait()
+
+    async def flush(self) -> None:
+        await self.ping()
+
+
 @dataclass
 class System:
     name: str
     hub_command: list[str]
     subscriber: Callable[[str, str, OnMessage], Any]
     publisher: Callable[[str], Any]
+    scheme: str
 
 
-SYSTEMS = [
-    System(
-        "baseline",
-        [sys.executable, str(HERE / "baseline_ws_hub.py"), "0"],
-        RawSubscriber.open,
-        RawPublisher.open,
-    ),
-    System(
-        "alkpubsub",
-        [sys.executable, "-m", "alkpubsub", "hub", "--port", "0"],
-        AlkSubscriber.open,
-        AlkPublisher.open,
-    ),
-]
+ALK_HUB = [sys.executable, "-m", "alkpubsub", "hub", "--port", "0"]
+SYSTEMS = {
+    "ws": [
+        System(
+            "baseline",
+            [sys.executable, str(HERE / "baseline_ws_hub.py"), "0"],
+            RawSubscriber.open,
+            RawPublisher.open,
+            "ws://",
+        ),
+        System("alkpubsub", ALK_HUB, AlkSubscriber.open, AlkPublisher.open, "ws://"),
+    ],
+    "iroh": [
+        System(
+            "baseline",
+            [sys.executable, str(HERE / "baseline_iroh_hub.py")],
+            RawIrohSubscriber.open,
+            RawIrohPublisher.open,
+            "iroh://",
+        ),
+        System("alkpubsub", [*ALK_HUB, "--iroh"], AlkSubscriber.open, AlkPublisher.open, "iroh://"),
+    ],
+}
 
 
 # -- workloads ------------------------------------------------------------------------------
@@ -341,7 +461,9 @@ async def with_hub(system: System, workload: Callable[[System, str], Any]) -> di
         *system.hub_command, stdout=asyncio.subprocess.PIPE
     )
     assert process.stdout is not None
-    url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+    url = ""
+    while not url.startswith(system.scheme):  # `alkpubsub hub --iroh` prints ws:// first
+        url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
     try:
         hub_before, clients_before = process_cpu_seconds(process.pid), time.process_time()
         result = dict(await workload(system, url))
@@ -370,21 +492,22 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import websockets
+    from importlib.metadata import version
 
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"websockets {websockets.__version__}, {platform.system()} {platform.release()}"
+        f"websockets {version('websockets')}, iroh {version('iroh')}, "
+        f"{platform.system()} {platform.release()}"
     )
 
 
-async def main(repeat: int, only: list[str]) -> dict[str, Any]:
+async def main(transport: str, repeat: int, only: list[str]) -> dict[str, Any]:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for name, workload in WORKLOADS.items():
         if only and name not in only:
             continue
         for _ in range(repeat):
-            for system in SYSTEMS:
+            for system in SYSTEMS[transport]:
                 run = await with_hub(system, workload)
                 results.setdefault(name, {}).setdefault(system.name, []).append(run)
                 print(f"{name} {system.name}: {run}", file=sys.stderr, flush=True)
@@ -414,12 +537,13 @@ def table(summary: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per workload and system")
+    parser.add_argument("--transport", choices=sorted(SYSTEMS), default="ws")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per workload and system")
     parser.add_argument("--only", nargs="*", default=[], help="workloads to run (W1 W2 W3)")
     parser.add_argument("--json", type=Path, help="also write the medians as JSON")
     args = parser.parse_args()
-    summary = asyncio.run(main(args.repeat, args.only))
-    print(f"Machine: {machine()}\n")
+    summary = asyncio.run(main(args.transport, args.repeat, args.only))
+    print(f"Transport: {args.transport}. Machine: {machine()}\n")
     print(table(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
