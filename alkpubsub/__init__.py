@@ -26,7 +26,7 @@ from .registry import (
     transport_from_env,
     transport_from_url,
 )
-from .target import BaseEventTarget, TypedEventTarget
+from .target import BaseEventTarget, TypedEventTarget, dispatch_all
 from .transports.memory import MemoryEventTarget
 
 __version__ = "0.1.0"
@@ -56,6 +56,7 @@ __all__ = [
     "UnknownTransportError",
     "available_transports",
     "create_pubsub",
+    "dispatch_all",
     "get_transport",
     "make_event",
     "transport_from_config",

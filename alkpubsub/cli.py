@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from .core.envelope import EventEnvelope, make_event, validate_topic
-from .core.errors import AlkPubSubError, BackpressureError
+from .core.errors import AlkPubSubError
 from .registry import transport_from_url
-from .target import TypedEventTarget
+from .target import TypedEventTarget, dispatch_all
 
 __all__ = ["main"]
 
@@ -225,13 +225,7 @@ async def run_pub(args: argparse.Namespace) -> None:
     target = _connect(args.url, args.timeout)
     await _start(target, args.url)
     try:
-        for event in events:
-            while True:
-                try:
-                    target.dispatch_event(event)
-                    break
-                except BackpressureError:
-                    await target.drain()
+        await dispatch_all(target, events)
         await target.flush(args.timeout)  # the hub has processed every event
     except TimeoutError:
         raise CliError(f"hub at {args.url} did not confirm within {args.timeout}s") from None

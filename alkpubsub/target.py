@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from .core.envelope import Event
+from .core.errors import BackpressureError
 from .core.listeners import Listener
 
-__all__ = ["BaseEventTarget", "TypedEventTarget"]
+__all__ = ["BaseEventTarget", "TypedEventTarget", "dispatch_all"]
 
 logger = logging.getLogger("alkpubsub")
 
@@ -90,3 +91,18 @@ class BaseEventTarget:
 
     async def aclose(self) -> None:
         self._mark_closed()
+
+
+async def dispatch_all(target: TypedEventTarget, events: Iterable[Event]) -> int:
+    """Dispatch every event, waiting in ``drain()`` whenever the target pushes
+    back (B13): the publisher loop that never grows memory without bound."""
+    sent = 0
+    for event in events:
+        while True:
+            try:
+                target.dispatch_event(event)
+                break
+            except BackpressureError:
+                await target.drain()
+        sent += 1
+    return sent

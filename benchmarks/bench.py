@@ -125,38 +125,57 @@ class AlkPublisher:
 # -- baseline clients (raw websockets, same wire format) ----------------------------------
 
 
-class RawClient:
-    def __init__(self, ws: ClientConnection, on_message: OnMessage | None, topic: str | None):
-        self.ws = ws
+class RawProtocol:
+    """What every baseline client does with received envelopes and pings."""
+
+    def __init__(self, on_message: OnMessage | None, topic: str | None) -> None:
         self.on_message = on_message
         self.topic = topic
         self.leaked = 0
         self.pongs: dict[str, asyncio.Future[None]] = {}
-        self.reader = asyncio.ensure_future(self._read())
         self.nonce = 0
 
-    async def _read(self) -> None:
-        async for message in self.ws:
-            envelope = json.loads(message)
-            kind = envelope["type"]
-            if kind == "__pong":
-                waiter = self.pongs.pop(envelope["id"], None)
-                if waiter is not None:
-                    waiter.set_result(None)
-            elif not kind.startswith("__"):
-                topic = f"{kind}:{envelope['id']}"
-                if topic != self.topic:
-                    self.leaked += 1
-                elif self.on_message is not None:
-                    self.on_message(topic, envelope["payload"])
+    async def send_envelope(self, envelope: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def handle(self, message: bytes | str) -> None:
+        envelope = json.loads(message)
+        kind = envelope["type"]
+        if kind == "__pong":
+            waiter = self.pongs.pop(envelope["id"], None)
+            if waiter is not None:
+                waiter.set_result(None)
+        elif not kind.startswith("__"):
+            topic = f"{kind}:{envelope['id']}"
+            if topic != self.topic:
+                self.leaked += 1
+            elif self.on_message is not None:
+                self.on_message(topic, envelope["payload"])
 
     async def ping(self) -> None:
         self.nonce += 1
         nonce = str(self.nonce)
         waiter = asyncio.get_running_loop().create_future()
         self.pongs[nonce] = waiter
-        await self.ws.send(json.dumps({"type": "__ping", "id": nonce, "payload": {}}))
+        await self.send_envelope({"type": "__ping", "id": nonce, "payload": {}})
         await asyncio.wait_for(waiter, 30)
+
+    def leaks(self) -> int:
+        return self.leaked
+
+
+class RawClient(RawProtocol):
+    def __init__(self, ws: ClientConnection, on_message: OnMessage | None, topic: str | None):
+        super().__init__(on_message, topic)
+        self.ws = ws
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            self.handle(message)
+
+    async def send_envelope(self, envelope: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(envelope))
 
     async def close(self) -> None:
         await self.ws.close()
@@ -172,9 +191,6 @@ class RawSubscriber(RawClient):
         await client.ping()
         return client
 
-    def leaks(self) -> int:
-        return self.leaked
-
 
 class RawPublisher(RawClient):
     @classmethod
@@ -182,21 +198,17 @@ class RawPublisher(RawClient):
         return cls(await connect(url, compression=None), None, None)
 
     async def publish(self, type_: str, id_: str, payload: Any) -> None:
-        await self.ws.send(json.dumps({"type": type_, "id": id_, "payload": payload}))
+        await self.send_envelope({"type": type_, "id": id_, "payload": payload})
 
     async def flush(self) -> None:
         await self.ping()
 
 
-class RawIrohClient:
+class RawIrohClient(RawProtocol):
     """A hand-written iroh client: coalesced writes, 64 KiB reads, manual framing."""
 
     def __init__(self, on_message: OnMessage | None, topic: str | None) -> None:
-        self.on_message = on_message
-        self.topic = topic
-        self.leaked = 0
-        self.pongs: dict[str, asyncio.Future[None]] = {}
-        self.nonce = 0
+        super().__init__(on_message, topic)
         self.queue: list[bytes] = []
         self.wake = asyncio.Event()
         self.drained = asyncio.Event()
@@ -233,26 +245,10 @@ class RawIrohClient:
         decoder = FrameDecoder()
         while chunk := await self.recv.read(65536):
             for frame in decoder.feed(chunk):
-                envelope = json.loads(frame)
-                kind = envelope["type"]
-                if kind == "__pong":
-                    waiter = self.pongs.pop(envelope["id"], None)
-                    if waiter is not None:
-                        waiter.set_result(None)
-                elif not kind.startswith("__"):
-                    topic = f"{kind}:{envelope['id']}"
-                    if topic != self.topic:
-                        self.leaked += 1
-                    elif self.on_message is not None:
-                        self.on_message(topic, envelope["payload"])
+                self.handle(frame)
 
-    async def ping(self) -> None:
-        self.nonce += 1
-        nonce = str(self.nonce)
-        waiter = asyncio.get_running_loop().create_future()
-        self.pongs[nonce] = waiter
-        self.write({"type": "__ping", "id": nonce, "payload": {}})
-        await asyncio.wait_for(waiter, 30)
+    async def send_envelope(self, envelope: dict[str, Any]) -> None:
+        self.write(envelope)
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -269,9 +265,6 @@ class RawIrohSubscriber(RawIrohClient):
         client.write({"type": "__subscribe", "id": "", "payload": {"topic": topic}})
         await client.ping()
         return client
-
-    def leaks(self) -> int:
-        return self.leaked
 
 
 class RawIrohPublisher(RawIrohClient):

@@ -7,8 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from ..core.envelope import Event
-from ..core.errors import BackpressureError
-from ..target import TypedEventTarget
+from ..target import TypedEventTarget, dispatch_all
 
 __all__ = ["DEFAULT_TIMEOUT", "Recorder", "publish_all", "within"]
 
@@ -67,14 +66,5 @@ class Recorder:
 async def publish_all(
     target: TypedEventTarget, events: Iterable[Event], timeout: float = DEFAULT_TIMEOUT
 ) -> int:
-    """Dispatch every event, waiting in ``drain()`` on backpressure (B13)."""
-    sent = 0
-    for event in events:
-        while True:
-            try:
-                target.dispatch_event(event)
-                break
-            except BackpressureError:
-                await within(target.drain(), timeout)
-        sent += 1
-    return sent
+    """``dispatch_all`` with every wait bounded (B13)."""
+    return await within(dispatch_all(target, events), timeout)

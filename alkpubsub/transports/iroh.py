@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -344,35 +345,25 @@ class IrohAcceptor:
             self._endpoint = None
 
 
+_ACCEPTOR_OPTIONS: Final = frozenset(
+    name for name in inspect.signature(IrohAcceptor.__init__).parameters if name != "self"
+)
+
+
 class IrohHub(HubTarget):
-    """An Iroh hub: a hub whose only acceptor is an ``IrohAcceptor``."""
+    """An Iroh hub: a hub whose only acceptor is an ``IrohAcceptor``.
+
+    Takes the ``IrohAcceptor`` options (``endpoint``, ``secret_key``,
+    ``bind_addr``, ``allowed_peers``, ``relay_mode``, ``preset``,
+    ``handshake_timeout``, ``fast_write``) and every ``HubTarget`` option.
+    """
 
     transport_name = "iroh-hub"
 
-    def __init__(
-        self,
-        *,
-        endpoint: Endpoint | None = None,
-        secret_key: bytes | str | os.PathLike[str] | None = None,
-        bind_addr: str = DEFAULT_BIND,
-        allowed_peers: Iterable[str] | None = None,
-        relay_mode: RelayMode | None = None,
-        preset: Any = None,
-        handshake_timeout: float = 10.0,
-        fast_write: bool = True,
-        **hub_options: Any,
-    ) -> None:
-        super().__init__(**hub_options)
-        self.iroh = IrohAcceptor(
-            endpoint=endpoint,
-            secret_key=secret_key,
-            bind_addr=bind_addr,
-            allowed_peers=allowed_peers,
-            relay_mode=relay_mode,
-            preset=preset,
-            handshake_timeout=handshake_timeout,
-            fast_write=fast_write,
-        )
+    def __init__(self, **options: Any) -> None:
+        acceptor_options = {k: options.pop(k) for k in _ACCEPTOR_OPTIONS if k in options}
+        super().__init__(**options)
+        self.iroh = IrohAcceptor(**acceptor_options)
         self.add_acceptor(self.iroh)
 
     @property
