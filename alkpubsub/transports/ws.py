@@ -62,17 +62,24 @@ class WebsocketsLink:
         self.ws = ws
         self.close_timeout = close_timeout
 
-    async def send(self, frames: list[bytes]) -> None:
+    def writable_now(self) -> bool:
         ws = self.ws
-        protocol = ws.protocol
-        if protocol.state is not State.OPEN:
+        return ws.protocol.state is State.OPEN and not ws.paused
+
+    def write_nowait(self, frames: list[bytes]) -> None:
+        # Like websockets.broadcast(): queue every frame on the protocol and
+        # hand the bytes to the transport in one go, without awaiting.
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
             raise ConnectionError("websocket is not open")
-        # Like websockets.broadcast(): queue every frame, write once, then honour
-        # the connection's flow control (write_limit) with one drain.
+        send_text = ws.protocol.send_text
         for frame in frames:
-            protocol.send_text(frame)
+            send_text(frame)
         ws.send_data()
-        await ws.drain()
+
+    async def send(self, frames: list[bytes]) -> None:
+        self.write_nowait(frames)
+        await self.ws.drain()  # the connection's flow control (write_limit)
 
     async def messages(self) -> AsyncIterator[bytes | str]:
         recv = self.ws.recv
