@@ -14,6 +14,7 @@ __all__ = [
     "FramingError",
     "ConnectionRefusedByHubError",
     "HubRefusalError",
+    "LinkClosedError",
     "InvalidEnvelopeError",
     "InvalidTopicError",
     "MissingExtraError",
@@ -95,3 +96,16 @@ class HubRefusalError(AlkPubSubError):
 
 class ConnectionRefusedByHubError(AlkPubSubError, ConnectionError):
     """The hub refused the connection (HTTP 401/403, unknown peer, wrong ALPN)."""
+
+
+class LinkClosedError(AlkPubSubError, ConnectionError):
+    """The other side closed the connection with a code other than a normal
+    close: 1013 (slow consumer, B8), 1009/1002/1007 (protocol violation), or an
+    application's own. Passed to a spoke's ``on_disconnect``."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(
+            f"connection closed by peer with code {code}" + (f": {reason}" if reason else "")
+        )
+        self.code = code
+        self.reason = reason

@@ -475,3 +475,26 @@ class ReconnectConformance:
         await bob_heard.wait_for_payload("live")
         assert [p for p in bob_heard.payloads if p != "live"] in (expected, [])
         assert hub_heard.payloads[:3] == expected
+
+    async def test_b7_disconnect_reason_carries_the_close_code(self, bus: BusHarness) -> None:
+        """A hub's close code reaches the spoke's on_disconnect; it reconnects."""
+        from ..core.errors import LinkClosedError
+
+        reasons: list[BaseException | None] = []
+        lost = asyncio.Event()
+
+        def on_disconnect(reason: BaseException | None) -> None:
+            reasons.append(reason)
+            lost.set()
+
+        hub, spoke = await bus.open(
+            2, spoke_on_disconnect=on_disconnect, spoke_backoff_initial=0.05
+        )
+        await within(spoke.flush())
+        spoke_id = spoke.spoke_id  # type: ignore[attr-defined]
+        assert await within(hub.disconnect_peer(spoke_id, 4001, "maintenance"))  # type: ignore[attr-defined]
+        await within(lost.wait())
+        assert isinstance(reasons[0], LinkClosedError)
+        assert reasons[0].code == 4001
+        await within(spoke.wait_connected())  # type: ignore[attr-defined]
+        await within(spoke.flush())

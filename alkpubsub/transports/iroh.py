@@ -41,7 +41,12 @@ from iroh import (
 )
 
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, pack_frames
-from ..core.errors import ConnectionRefusedByHubError, FramingError, TargetClosedError
+from ..core.errors import (
+    ConnectionRefusedByHubError,
+    FramingError,
+    LinkClosedError,
+    TargetClosedError,
+)
 from ._hub import HubTarget
 from ._iroh_fastpath import install_fast_write
 from ._spoke import SpokeLink, SpokeTarget
@@ -156,12 +161,15 @@ class IrohLink:
             try:
                 chunk = await read(READ_CHUNK_BYTES)
             except IrohError as exc:
-                if close_code_of(exc) == CLOSE_FORBIDDEN:
+                code = close_code_of(exc)
+                if code == CLOSE_FORBIDDEN:
                     raise ConnectionRefusedByHubError(
                         f"hub refused this endpoint: {describe(exc)}"
                     ) from exc
                 if not decoder.at_frame_boundary():
                     raise FramingError("stream ended inside a frame") from exc
+                if code is not None and code not in (0, 1000, 1001):
+                    raise LinkClosedError(code, describe(exc)) from None
                 return
             if not chunk:
                 if not decoder.at_frame_boundary():

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ..core.errors import ConnectionRefusedByHubError, TargetClosedError
+from ..core.errors import ConnectionRefusedByHubError, LinkClosedError, TargetClosedError
 from ._hub import HubLink, HubTarget
 from ._spoke import SpokeLink, SpokeTarget
 
@@ -33,6 +33,7 @@ __all__ = ["HttpRequestInfo", "WebSocketHub", "WebSocketSpoke"]
 
 logger = logging.getLogger("alkpubsub")
 
+NORMAL_CLOSE_CODES = frozenset({1000, 1001})
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
@@ -83,9 +84,12 @@ class WebsocketsLink:
 
     async def messages(self) -> AsyncIterator[bytes | str]:
         recv = self.ws.recv
-        with contextlib.suppress(ConnectionClosed):
+        try:
             while True:
                 yield await recv(decode=False)
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code not in NORMAL_CLOSE_CODES:
+                raise LinkClosedError(exc.rcvd.code, exc.rcvd.reason) from None
 
     def transport_buffered(self) -> int:
         transport = self.ws.transport
