@@ -37,12 +37,18 @@ async def hub_url() -> AsyncIterator[str]:
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None
+    assert process.stderr is not None
     line = await within(process.stdout.readline(), TIMEOUT)
     try:
         yield line.decode().strip()
     finally:
-        process.terminate()
-        assert await within(process.wait(), TIMEOUT) == 0
+        alive = process.returncode is None
+        if alive:
+            process.terminate()
+        code = await within(process.wait(), TIMEOUT)
+        errors = (await within(process.stderr.read(), TIMEOUT)).decode()
+        assert alive, f"the hub exited early with {code}: {errors}"
+        assert code == 0, errors
 
 
 async def test_hub_sub_pub_round_trip(hub_url: str) -> None:

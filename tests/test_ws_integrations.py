@@ -85,12 +85,12 @@ async def test_h4_websockets_server_with_add_connection() -> None:
 
 async def test_h4_remove_connection_keeps_the_socket_open() -> None:
     lifecycle = Lifecycle()
-    removed = asyncio.Event()
+    welcomed, removed = asyncio.Event(), asyncio.Event()
     async with new_hub(lifecycle) as hub:
 
         async def handler(connection: ServerConnection) -> None:
             hub.add_connection(connection)
-            await lifecycle.wait(lambda: len(lifecycle.connected) == 1)
+            await within(welcomed.wait())  # the client got the hub's __welcome
             hub.remove_connection(connection)
             hub.remove_connection(connection)  # repeated: no-op
             removed.set()
@@ -103,11 +103,11 @@ async def test_h4_remove_connection_keeps_the_socket_open() -> None:
             from websockets.asyncio.client import connect
 
             async with connect(ws_url(sock, "/pubsub")) as raw:
+                assert '"__welcome"' in await within(raw.recv())
+                welcomed.set()
                 await within(removed.wait())
-                messages = [await within(raw.recv()) for _ in range(2)]
-                assert '"__welcome"' in messages[0]
-                assert messages[1] == "still open"
-        assert len(lifecycle.disconnected) == 1
+                assert await within(raw.recv()) == "still open"
+                await lifecycle.wait(lambda: len(lifecycle.disconnected) == 1)
         assert hub.peers == []
 
 
