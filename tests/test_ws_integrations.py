@@ -164,14 +164,32 @@ async def test_h4_framework_integration(framework: str) -> None:
         assert all(peer.remote_address for peer in lifecycle.connected)
 
 
-async def test_hub_close_ends_mounted_connections() -> None:
+async def test_hub_close_ends_mounted_connections_without_cancelling_them() -> None:
+    """aclose() closes mounted sockets; the framework's handler sees
+    serve_connection return normally, its own task is never cancelled."""
     lifecycle = Lifecycle()
     hub = new_hub(lifecycle)
     await hub.start()
-    async with uvicorn_serving(starlette_app(hub)) as sock:
+    outcomes: list[str] = []
+
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket as StarletteWebSocket
+
+    async def endpoint(websocket: StarletteWebSocket) -> None:
+        try:
+            await hub.serve_connection(websocket)
+            outcomes.append("returned")
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+
+    app = Starlette(routes=[WebSocketRoute("/pubsub", endpoint)])
+    async with uvicorn_serving(app) as sock:
         spoke = WebSocketSpoke(ws_url(sock, "/pubsub"), backoff_initial=5, backoff_max=5)
         async with spoke:
             await within(spoke.flush())
             await within(hub.aclose())
             await within(spoke.wait_disconnected())
         assert len(lifecycle.disconnected) == 1
+    assert outcomes == ["returned"]

@@ -117,7 +117,11 @@ class HubTarget(BaseEventTarget):
         self._on_connection = on_connection
         self._on_disconnection = on_disconnection
         self._links: dict[HubConnection, HubLink] = {}
-        self._serving: set[asyncio.Task[None]] = set()
+        # Our own tasks: each connection's reader and writer, and close tasks.
+        # serve_link itself runs in the caller's task, which we never cancel.
+        self._io_tasks: dict[HubConnection, tuple[asyncio.Future[None], ...]] = {}
+        self._serving: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._acceptors: list[Acceptor] = []
 
     def add_acceptor(self, acceptor: Acceptor) -> None:
@@ -197,9 +201,13 @@ class HubTarget(BaseEventTarget):
         await self._stop_accepting()
         for link in list(self._links.values()):
             await link.close(CLOSE_GOING_AWAY, "hub closing")
-        for task in list(self._serving):
+        for tasks in list(self._io_tasks.values()):
+            for task in tasks:
+                task.cancel()
+        for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._serving, return_exceptions=True)
+        # Every serve_link returns once its reader and writer are gone.
+        await asyncio.gather(*self._serving, *self._background, return_exceptions=True)
         self.router.close()
         await self._finish_close()
 
@@ -227,13 +235,13 @@ class HubTarget(BaseEventTarget):
         )
         holder.append(conn)
         self._links[conn] = link
-        task = asyncio.current_task()
-        if task is not None:
-            self._serving.add(task)
+        served: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._serving.add(served)
         self._call(self._on_connection, conn.peer)
         writer = asyncio.ensure_future(self._write_loop(conn, link, wake))
         try:
             reader = asyncio.ensure_future(self._read_loop(conn, link))
+            self._io_tasks[conn] = (reader, writer)
             try:
                 await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
                 if reader.done() and not reader.cancelled():
@@ -250,9 +258,10 @@ class HubTarget(BaseEventTarget):
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            self._io_tasks.pop(conn, None)
             self._forget(conn)
-            if task is not None:
-                self._serving.discard(task)
+            served.set_result(None)
+            self._serving.discard(served)
 
     def _forget(self, conn: HubConnection) -> None:
         self._links.pop(conn, None)
@@ -350,8 +359,8 @@ class HubTarget(BaseEventTarget):
             task = asyncio.get_running_loop().create_task(
                 link.close(CLOSE_BACKPRESSURE, "slow consumer: too much buffered")
             )
-            self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     @staticmethod
     def _call(callback: Callable[..., None] | None, *args: Any) -> None:
