@@ -439,6 +439,22 @@ class HubConformance:
         assert all(spoke_id for spoke_id, _, _ in seen)
         assert any(getattr(exc, "code", None) == "forbidden" for exc in errors)
 
+    async def test_b11_closing_the_hub(self, bus: BusHarness) -> None:
+        """B11 on the hub: aclose() is idempotent, disconnects every spoke, ends
+        the hub's subscribe() iterators; then dispatch raises, add/remove are
+        no-ops."""
+        hub, spoke = await bus.open(2, spoke_backoff_initial=5, spoke_backoff_max=5)
+        await within(spoke.flush())
+        subscription = create_pubsub(hub).subscribe("b11h", "t")
+        await within(hub.aclose())
+        await within(hub.aclose())
+        await within(spoke.wait_disconnected())  # type: ignore[attr-defined]
+        assert [envelope async for envelope in subscription] == []
+        with pytest.raises(TargetClosedError):
+            hub.dispatch_event(make_event("b11h", "t"))
+        hub.add_event_listener("b11h:t", Recorder())
+        hub.remove_event_listener("b11h:t", Recorder())
+
 
 @pytest.mark.asyncio
 class ReconnectConformance:
