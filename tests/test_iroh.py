@@ -409,3 +409,14 @@ async def test_transport_works_with_the_fast_path_off(hub: IrohHub) -> None:
         await heard.wait_for_count(1)
         assert heard.payloads == [payload]
     fastpath.install_fast_write()
+
+
+async def test_closing_the_hub_says_going_away() -> None:
+    hub = IrohHub()
+    await hub.start()
+    peer = await RawIrohPeer.open(hub)
+    await peer.write(frame({"type": "__hello", "id": "", "payload": {"protocol": 1}}))
+    assert [f["type"] for f in await peer.frames_until_pong()] == ["__welcome"]
+    await within(hub.aclose())
+    assert await peer.close_code() == 1001
+    await peer.aclose()

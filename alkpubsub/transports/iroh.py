@@ -243,6 +243,7 @@ class IrohAcceptor:
         self._hub: HubTarget | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._endpoint_id: str | None = None
         self._ticket: str | None = None
         self.refused_peers = 0
@@ -290,6 +291,8 @@ class IrohAcceptor:
             try:
                 incoming = await endpoint.accept_next()
             except IrohError as exc:
+                if endpoint.is_closed():
+                    return
                 logger.warning("iroh accept failed: %s", describe(exc))
                 continue
             if incoming is None:  # endpoint closed
@@ -304,12 +307,19 @@ class IrohAcceptor:
         del incoming  # holds the endpoint; tracebacks must not keep it alive
         if link is None:
             return
+        # Past the handshake: the hub closes this connection (1001) when it closes.
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshakes.discard(task)
+            self._connections.add(task)
         try:
             await self._hub.serve_link(link, {"transport": "iroh", "endpoint_id": link.remote_id})
         except TargetClosedError:
             pass
         finally:
             await link.close(1000, "")
+            if task is not None:
+                self._connections.discard(task)
 
     async def _handshake(self, incoming: Any, max_frame_bytes: int) -> IrohLink | None:
         """Accept, check the allow-list, wait for the spoke's stream; None if refused."""
@@ -345,7 +355,7 @@ class IrohAcceptor:
             task.cancel()
 
     async def release(self) -> None:
-        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await asyncio.gather(*self._handshakes, *self._connections, return_exceptions=True)
         if self._owns_endpoint and self._endpoint is not None:
             with contextlib.suppress(Exception):
                 await self._endpoint.close()
