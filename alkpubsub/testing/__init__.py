@@ -20,7 +20,15 @@ Use it from a test module::
 See ``docs/conformance.md``.
 """
 
-from .harness import BusHarness, HubAndSpokesBus, IrohBus, MemoryBus, MixedBus, WebSocketBus
+from .harness import (
+    BusHarness,
+    HubAndSpokesBus,
+    IrohBus,
+    MemoryBus,
+    MixedBus,
+    StalledSubscriber,
+    WebSocketBus,
+)
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance, HubConformance, ReconnectConformance
 
@@ -28,6 +36,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HubConformance",
     "ReconnectConformance",
+    "StalledSubscriber",
     "BusHarness",
     "CoreConformance",
     "HubAndSpokesBus",

@@ -8,7 +8,15 @@ from typing import Any
 from ..target import TypedEventTarget
 from ..transports.memory import MemoryEventTarget
 
-__all__ = ["BusHarness", "HubAndSpokesBus", "IrohBus", "MemoryBus", "MixedBus", "WebSocketBus"]
+__all__ = [
+    "BusHarness",
+    "HubAndSpokesBus",
+    "IrohBus",
+    "MemoryBus",
+    "MixedBus",
+    "StalledSubscriber",
+    "WebSocketBus",
+]
 
 
 class BusHarness(abc.ABC):
@@ -110,6 +118,11 @@ class HubAndSpokesBus(BusHarness):
     def restart_options(self, hub: Any) -> dict[str, Any]:
         """Options for a new hub at the same address as ``hub``."""
 
+    async def stalled_subscriber(self, hub: Any, topic: str) -> StalledSubscriber:
+        """A raw client subscribed to ``topic`` (subscription in effect) that
+        then stops reading, for B8. Transports override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no stalled_subscriber hook")
+
     async def add_spoke(self, hub: Any, **options: Any) -> Any:
         spoke = self.make_spoke(hub, **options)
         self.spokes.append(spoke)
@@ -121,6 +134,70 @@ class HubAndSpokesBus(BusHarness):
             await target.aclose()
         self.spokes.clear()
         self.hubs.clear()
+
+
+class StalledSubscriber(abc.ABC):
+    """A subscriber that stopped reading (B8 hook)."""
+
+    @abc.abstractmethod
+    async def close_code(self) -> int | None:
+        """Resume reading and return the code the hub closed the connection with."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class _StalledWebSocket(StalledSubscriber):
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def close_code(self) -> int | None:
+        from websockets.exceptions import ConnectionClosed
+
+        self.ws.transport.resume_reading()
+        try:
+            while True:
+                await self.ws.recv()
+        except ConnectionClosed as exc:
+            return None if exc.rcvd is None else int(exc.rcvd.code)
+
+    async def aclose(self) -> None:
+        self.ws.transport.abort()
+
+
+class _StalledIroh(StalledSubscriber):
+    def __init__(self, endpoint: Any, connection: Any, send: Any, recv: Any) -> None:
+        # Keep the send stream: dropping it would finish the stream (quinn).
+        self.endpoint, self.connection, self.send, self.recv = endpoint, connection, send, recv
+
+    async def close_code(self) -> int | None:
+        from iroh import IrohError
+
+        from ..transports.iroh import close_code_of
+
+        try:
+            while await self.recv.read(65536):
+                pass
+        except IrohError as exc:
+            return close_code_of(exc)
+        return None
+
+    async def aclose(self) -> None:
+        self.connection.close(0, b"")
+        await self.endpoint.close()
+
+
+def _subscribe_then_ping(topic: str) -> list[bytes]:
+    import json
+
+    return [
+        json.dumps({"type": "__subscribe", "id": "", "payload": {"topic": topic}}).encode(),
+        json.dumps({"type": "__ping", "id": "stall", "payload": {}}).encode(),
+    ]
+
+
+def _is_pong(message: bytes | str) -> bool:
+    return b'"__pong"' in (message.encode() if isinstance(message, str) else message)
 
 
 class WebSocketBus(HubAndSpokesBus):
@@ -142,6 +219,23 @@ class WebSocketBus(HubAndSpokesBus):
     def restart_options(self, hub: Any) -> dict[str, Any]:
         host, port = hub.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
         return {"host": host.strip("[]"), "port": int(port)}
+
+    async def stalled_subscriber(self, hub: Any, topic: str) -> StalledSubscriber:
+        import socket
+
+        from websockets.asyncio.client import connect
+
+        host, port = hub.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up quickly
+        sock.connect((host.strip("[]"), int(port)))
+        ws = await connect(hub.url, sock=sock, compression=None)
+        for frame in _subscribe_then_ping(topic):
+            await ws.send(frame.decode())
+        while not _is_pong(await ws.recv()):
+            pass
+        ws.transport.pause_reading()
+        return _StalledWebSocket(ws)
 
 
 class IrohBus(HubAndSpokesBus):
@@ -165,6 +259,24 @@ class IrohBus(HubAndSpokesBus):
         # Same key and same UDP port: the spokes' ticket stays valid.
         ipv4 = next(s for s in hub.endpoint.bound_sockets() if not s.startswith("["))
         return {"secret_key": hub.endpoint.secret_key().to_bytes(), "bind_addr": ipv4}
+
+    async def stalled_subscriber(self, hub: Any, topic: str) -> StalledSubscriber:
+        from iroh import EndpointTicket
+
+        from ..core.codec import FrameDecoder, pack_frames
+        from ..transports.iroh import ALPN, bind_endpoint
+
+        endpoint = await bind_endpoint(
+            secret_key=None, bind_addr="127.0.0.1:0", alpns=[], relay_mode=None, preset=None
+        )
+        addr = EndpointTicket.from_string(hub.ticket).endpoint_addr()
+        connection = await endpoint.connect(addr, ALPN)
+        stream = await connection.open_bi()
+        send, recv, decoder = stream.send(), stream.recv(), FrameDecoder()
+        await send.write_all(pack_frames(_subscribe_then_ping(topic)))
+        while not any(_is_pong(frame) for frame in decoder.feed(await recv.read(65536))):
+            pass
+        return _StalledIroh(endpoint, connection, send, recv)  # and it reads no more
 
 
 class MixedBus(HubAndSpokesBus):
@@ -193,8 +305,12 @@ class MixedBus(HubAndSpokesBus):
 
         return transport_from_url(hub.url, **options)
 
+    def _same_kind(self, hub: Any) -> HubAndSpokesBus:
+        return IrohBus() if hub.transport_name == "iroh-hub" else WebSocketBus()
+
     def restart_options(self, hub: Any) -> dict[str, Any]:
         self._opened -= 1  # the replacement is of the same kind
-        if hub.transport_name == "iroh-hub":
-            return IrohBus.restart_options(IrohBus(), hub)
-        return WebSocketBus.restart_options(WebSocketBus(), hub)
+        return self._same_kind(hub).restart_options(hub)
+
+    async def stalled_subscriber(self, hub: Any, topic: str) -> StalledSubscriber:
+        return await self._same_kind(hub).stalled_subscriber(hub, topic)

@@ -439,6 +439,41 @@ class HubConformance:
         assert all(spoke_id for spoke_id, _, _ in seen)
         assert any(getattr(exc, "code", None) == "forbidden" for exc in errors)
 
+    async def test_b8_slow_consumer_is_cut_off_others_unaffected(self, bus: BusHarness) -> None:
+        """B8: past max_buffered_bytes the hub calls on_backpressure and closes
+        that connection with 1013; a healthy spoke gets every event in order."""
+        from .harness import HubAndSpokesBus
+
+        assert isinstance(bus, HubAndSpokesBus)
+        reported: list[tuple[Any, int]] = []
+        limit = 256 * 1024
+        hub, healthy = await bus.open(
+            2,
+            hub_max_buffered_bytes=limit,
+            hub_on_backpressure=lambda peer, nbytes: reported.append((peer, nbytes)),
+        )
+        received = Recorder("healthy")
+        healthy.add_event_listener("b8:feed", received)
+        await within(healthy.flush())
+        stalled = await within(bus.stalled_subscriber(hub, "b8:feed"))
+        pad = "x" * 1000
+        sent = 0
+        # The kernel's buffers absorb a few MB first; bounded at 50,000 events.
+        while not reported and sent < 50_000:
+            for _ in range(50):
+                hub.dispatch_event(make_event("b8", "feed", {"i": sent, "pad": pad}))
+                sent += 1
+            await within(healthy.flush())  # the healthy spoke keeps up
+        hub.dispatch_event(make_event("b8", "feed", {"i": sent}))
+        sent += 1
+        await received.wait_for_count(sent, timeout=60)
+        assert len(reported) == 1, f"backpressure reported {len(reported)} times after {sent}"
+        assert reported[0][1] > limit
+        assert hub.stats.backpressure_disconnects == 1  # type: ignore[attr-defined]
+        assert [event.detail.payload["i"] for event in received.events] == list(range(sent))
+        assert await within(stalled.close_code(), 30) == 1013
+        await stalled.aclose()
+
     async def test_b11_closing_the_hub(self, bus: BusHarness) -> None:
         """B11 on the hub: aclose() is idempotent, disconnects every spoke, ends
         the hub's subscribe() iterators; then dispatch raises, add/remove are
