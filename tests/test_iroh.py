@@ -23,6 +23,7 @@ import pytest
 
 from alkpubsub import ConnectionRefusedByHubError, make_event
 from alkpubsub.core.codec import FrameDecoder, pack_frames, prefix_frame
+from alkpubsub.core.router import Peer
 from alkpubsub.testing import Recorder, publish_all, within
 from alkpubsub.transports import _iroh_fastpath as fastpath
 from alkpubsub.transports.iroh import ALPN, IrohHub, IrohSpoke, bind_endpoint, close_code_of
@@ -125,6 +126,40 @@ async def test_f3_fifty_thousand_small_frames_through_one_connection(
     # 50,000 frames cross two streams in each direction: one FFI call per frame
     # would be 200,000 calls; coalescing and chunked reads keep it to a few %.
     assert calls["write_all"] + calls["read"] < 4 * count // 20, calls
+
+
+async def test_b8_spoke_that_stops_reading_for_seconds_ends_in_1013() -> None:
+    """A spoke that reads nothing for several seconds is kept while it fits in
+    the hub's budget, and is then cut off with the documented 1013, never by an
+    unexplained connection loss (quinn's "too many gaps" under small writes)."""
+    backpressured: list[Peer] = []
+    async with IrohHub(
+        max_buffered_bytes=256 * 1024,
+        on_backpressure=lambda peer, nbytes: backpressured.append(peer),
+    ) as hub:
+        stalled = await RawIrohPeer.open(hub)
+        await stalled.write(
+            frame({"type": "__subscribe", "id": "", "payload": {"topic": "slow:1"}})
+        )
+        assert [f["type"] for f in await stalled.frames_until_pong()] == ["__welcome"]
+        # Three seconds of light traffic that the peer never reads.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = 0
+        while loop.time() - started < 3.0:
+            hub.dispatch_event(make_event("slow", "1", {"i": sent, "pad": "x" * 200}))
+            sent += 1
+            await asyncio.sleep(0.01)  # pacing the publisher, not waiting for a condition
+        assert len(hub.peers) == 1  # still connected: nothing lost, nothing dropped
+        assert not backpressured
+        while not backpressured and sent < 100_000:  # then a burst past the budget
+            for _ in range(100):
+                hub.dispatch_event(make_event("slow", "1", {"i": sent, "pad": "x" * 1000}))
+                sent += 1
+            await within(hub.flush())
+        assert len(backpressured) == 1
+        assert await stalled.close_code() == 1013
+        await stalled.aclose()
 
 
 # -- B12 allow-list, identity ----------------------------------------------------------------
