@@ -4,6 +4,12 @@ Transports are entry points in the group ``alkpubsub.transports``; a third-party
 package adds one by declaring an entry point, nothing else. An entry point may
 name the extra it needs (``ws-hub = pkg.mod:Cls [ws]``) so that a missing
 dependency produces an error that says what to install.
+
+URL schemes are declared by the transport classes themselves (as fsspec's
+``protocol`` attribute): ``url_schemes = ("ws", "wss")`` and a ``from_url(url,
+**options)`` classmethod. ``transport_from_url`` loads entry points until one
+claims the scheme, those whose name starts with the scheme first, so that a
+``ws://`` URL does not import every installed transport.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from .core.errors import MissingExtraError, UnknownTransportError
@@ -25,20 +31,11 @@ __all__ = [
     "transport_from_config",
     "transport_from_env",
     "transport_from_url",
+    "url_schemes",
 ]
 
 ENTRY_POINT_GROUP: Final = "alkpubsub.transports"
 ENV_URL: Final = "ALKPUBSUB_URL"
-
-# URL scheme -> (transport name, the option that receives the URL or its remainder).
-_SCHEMES: Final[dict[str, tuple[str, str | None]]] = {
-    "memory": ("memory", None),
-    "ws": ("ws-spoke", "url"),
-    "wss": ("ws-spoke", "url"),
-    "iroh": ("iroh-spoke", "hub"),
-    "redis": ("redis", "url"),
-    "rediss": ("redis", "url"),
-}
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -56,6 +53,10 @@ def _load(name: str) -> Callable[..., TypedEventTarget]:
     if ep is None:
         known = ", ".join(sorted(eps)) or "none"
         raise UnknownTransportError(f"unknown transport {name!r}; known transports: {known}")
+    return _load_entry_point(name, ep)
+
+
+def _load_entry_point(name: str, ep: EntryPoint) -> Callable[..., TypedEventTarget]:
     try:
         factory = ep.load()
     except ImportError as exc:
@@ -67,7 +68,7 @@ def _load(name: str) -> Callable[..., TypedEventTarget]:
         ) from exc
     if not callable(factory):
         raise UnknownTransportError(f"entry point {name!r} does not name a callable: {ep.value}")
-    return factory  # type: ignore[no-any-return]
+    return cast(Callable[..., TypedEventTarget], factory)
 
 
 def get_transport(name: str, **options: Any) -> TypedEventTarget:
@@ -75,22 +76,49 @@ def get_transport(name: str, **options: Any) -> TypedEventTarget:
     return _load(name)(**options)
 
 
+def url_schemes(factory: object) -> tuple[str, ...]:
+    """The URL schemes a transport class declares (``url_schemes``), lower-cased."""
+    schemes = getattr(factory, "url_schemes", ())
+    if isinstance(schemes, str):
+        schemes = (schemes,)
+    return tuple(str(scheme).lower() for scheme in schemes)
+
+
+def _factory_for_scheme(scheme: str) -> Callable[..., TypedEventTarget]:
+    eps = _entry_points()
+    # Names starting with the scheme first (``ws`` -> ws-hub, ws-spoke), then the
+    # rest alphabetically: cheap for the common case, complete for the rest.
+    order = sorted(eps, key=lambda name: (not name.startswith(scheme), name))
+    known: list[str] = []
+    unavailable: list[str] = []
+    for name in order:
+        try:
+            factory = _load_entry_point(name, eps[name])
+        except MissingExtraError as exc:
+            unavailable.append(f"{name} ({exc.__cause__ or exc})")
+            continue
+        schemes = url_schemes(factory)
+        if scheme in schemes:
+            return factory
+        known.extend(f"{s}://" for s in schemes)
+    message = f"no transport for URL scheme {scheme!r}; known: {', '.join(known) or 'none'}"
+    if unavailable:
+        message += f"; transports that could not be loaded: {'; '.join(unavailable)}"
+    raise UnknownTransportError(message)
+
+
 def transport_from_url(url: str, **options: Any) -> TypedEventTarget:
-    """``memory://``, ``ws://host:port/path``, ``iroh://<ticket>``, ``redis://…``."""
-    scheme, sep, rest = url.partition("://")
+    """``memory://``, ``ws://host:port/path``, ``iroh://<ticket>``, or any scheme a
+    registered transport declares."""
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise UnknownTransportError(f"not a transport URL: {url!r} (expected scheme://...)")
-    mapping = _SCHEMES.get(scheme.lower())
-    if mapping is None:
-        known = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise UnknownTransportError(f"no transport for URL scheme {scheme!r}; known: {known}")
-    name, option = mapping
-    if option == "hub":
-        options.setdefault("hub", rest)
-    elif option == "url":
-        urlsplit(url)  # raises ValueError on malformed URLs early
-        options.setdefault("url", url)
-    return get_transport(name, **options)
+    urlsplit(url)  # raises ValueError on malformed URLs early
+    factory = _factory_for_scheme(scheme.lower())
+    from_url = getattr(factory, "from_url", None)
+    if callable(from_url):
+        return cast(TypedEventTarget, from_url(url, **options))
+    return factory(url=url, **options)
 
 
 def transport_from_config(config: Mapping[str, Any]) -> TypedEventTarget:

@@ -1,20 +1,28 @@
-"""The ``TypedEventTarget`` interface every transport exposes (SPEC §6)."""
+"""The ``TypedEventTarget`` interface every transport exposes (SPEC §6), and the
+asyncio pieces every target shares: life cycle, close callbacks, the task
+scheduler for coroutine listeners, and calling user callbacks safely."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from .core.envelope import Event
 from .core.errors import BackpressureError
 from .core.listeners import Listener
 
-__all__ = ["BaseEventTarget", "TypedEventTarget", "dispatch_all"]
+__all__ = [
+    "BaseEventTarget",
+    "TaskScheduler",
+    "TypedEventTarget",
+    "call_user",
+    "dispatch_all",
+]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -32,8 +40,52 @@ class TypedEventTarget(Protocol):
     async def aclose(self) -> None: ...
 
 
+def call_user(
+    callback: Callable[..., object] | None,
+    *args: Any,
+    log: logging.Logger = logger,
+) -> None:
+    """Call an application callback; if it raises, log it and carry on.
+
+    Callbacks report events to the application; an exception in one must never
+    break the connection or the loop that called it.
+    """
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("callback %r raised", callback)
+
+
+class TaskScheduler:
+    """Runs coroutine listeners as tasks on the running loop (B9), keeps them
+    referenced until they end, and cancels the rest when its target closes.
+
+    The core's ``ListenerRegistry`` only calls ``schedule(coro)``: this is the
+    asyncio side of that seam."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task; RuntimeError outside a running event loop."""
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()
+            raise RuntimeError("coroutine listener called outside a running event loop") from None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
 class BaseEventTarget:
-    """Life cycle shared by every target: async context manager and close hooks.
+    """Life cycle shared by every target: async context manager, close callbacks,
+    and the scheduler its listener registry uses.
 
     ``add_close_callback`` lets ``subscribe()`` iterators end when their target
     closes (B11) without the target knowing about them.
@@ -44,7 +96,8 @@ class BaseEventTarget:
     def __init__(self) -> None:
         self._closed = False
         self._started = False
-        self._close_callbacks: list[Callable[[], None]] = []
+        self._close_callbacks: dict[Callable[[], None], None] = {}
+        self._scheduler = TaskScheduler()
 
     @property
     def closed(self) -> bool:
@@ -70,23 +123,21 @@ class BaseEventTarget:
         if self._closed:
             callback()
         else:
-            self._close_callbacks.append(callback)
+            self._close_callbacks[callback] = None
 
     def remove_close_callback(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._close_callbacks.remove(callback)
+        self._close_callbacks.pop(callback, None)
 
     def _mark_closed(self) -> bool:
-        """Flag the target closed and run close callbacks; False if it already was."""
+        """Flag the target closed, run close callbacks and cancel coroutine
+        listeners still running; False if it already was closed."""
         if self._closed:
             return False
         self._closed = True
-        callbacks, self._close_callbacks = self._close_callbacks, []
+        callbacks, self._close_callbacks = self._close_callbacks, {}
         for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                logger.exception("close callback raised")
+            call_user(callback)
+        self._scheduler.cancel_all()
         return True
 
     async def aclose(self) -> None:

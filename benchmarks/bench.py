@@ -40,7 +40,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from alkpubsub import BackpressureError, make_event, transport_from_url
 from alkpubsub.core.codec import FrameDecoder, pack_frames
-from alkpubsub.transports._spoke import SpokeTarget
+from alkpubsub.transports.base import SpokeTarget
 
 HERE = Path(__file__).resolve().parent
 PAD = "x" * 40  # makes a W1 envelope about 100 bytes on the wire

@@ -17,7 +17,7 @@ from alkpubsub.core.errors import (
     ReservedTypeError,
     TargetClosedError,
 )
-from alkpubsub.core.forwarder import SubscriptionForwarder
+from alkpubsub.core.forwarder import HubError, Pong, SpokeState, SubscriptionForwarder, Welcome
 
 
 def frames_of(forwarder: SubscriptionForwarder) -> list[dict[str, Any]]:
@@ -164,19 +164,41 @@ def test_take_outgoing_respects_max_bytes_but_always_progresses() -> None:
     assert forwarder.queued_bytes == 0
 
 
-def test_on_output_fires_only_when_queue_becomes_non_empty() -> None:
+def test_wants_write_is_raised_only_when_queue_becomes_non_empty() -> None:
     forwarder = SubscriptionForwarder(send_hello=False)
-    wakes: list[int] = []
-    forwarder.on_output = lambda: wakes.append(1)
+
+    def wakes() -> bool:
+        wanted, forwarder.wants_write = forwarder.wants_write, False
+        return wanted
+
     forwarder.dispatch(make_event("x", "1"))
-    assert wakes == []  # offline
+    assert not wakes()  # offline
     forwarder.connection_made()
-    assert wakes == [1]
+    assert wakes()
     forwarder.dispatch(make_event("x", "1"))
-    assert wakes == [1]
+    assert not wakes()  # already non-empty
     forwarder.take_outgoing()
     forwarder.dispatch(make_event("x", "1"))
-    assert wakes == [1, 1]
+    assert wakes()
+
+
+def test_state_transitions() -> None:
+    forwarder = SubscriptionForwarder()
+    assert forwarder.state is SpokeState.OFFLINE
+    forwarder.connecting()
+    assert forwarder.state is SpokeState.CONNECTING
+    forwarder.connection_lost()
+    assert forwarder.state is SpokeState.OFFLINE
+    forwarder.connecting()
+    forwarder.connection_made()
+    assert forwarder.state is SpokeState.OPEN
+    assert forwarder.connected
+    forwarder.close()
+    assert forwarder.state is SpokeState.CLOSED
+    assert forwarder.closed
+    forwarder.connection_made()
+    forwarder.connection_lost()
+    assert forwarder.state is SpokeState.CLOSED
 
 
 def test_dispatch_validates_before_queueing() -> None:
@@ -191,19 +213,14 @@ def test_dispatch_validates_before_queueing() -> None:
 
 def test_b4_ping_pong_nonces() -> None:
     forwarder = connected_forwarder()
-    ponged: list[str] = []
-    forwarder.on_pong = ponged.append
     nonce = forwarder.new_ping()
     assert nonce is not None
     frames = frames_of(forwarder)
     assert frames == [{"type": "__ping", "id": nonce, "payload": {}}]
-    forwarder.receive(encode_envelope(control.pong("unknown")))
-    assert ponged == []
-    forwarder.receive(encode_envelope(control.pong(nonce)))
-    assert ponged == [nonce]
-    assert not forwarder.pending_ping(nonce)
-    forwarder.receive(encode_envelope(control.pong(nonce)))  # duplicate pong ignored
-    assert ponged == [nonce]
+    assert forwarder.receive(encode_envelope(control.pong("unknown"))) is None
+    assert forwarder.receive(encode_envelope(control.pong(nonce))) == Pong(nonce)
+    # A duplicate pong is ignored.
+    assert forwarder.receive(encode_envelope(control.pong(nonce))) is None
 
 
 def test_hub_ping_is_answered() -> None:
@@ -217,7 +234,7 @@ def test_receive_delivers_data_and_never_control_to_listeners() -> None:
     seen: list[Event] = []
     forwarder.add_listener("t:1", seen.append)
     forwarder.add_listener("__subscribe:", seen.append)
-    forwarder.receive(encode_envelope(control.welcome("spoke-9")))
+    assert forwarder.receive(encode_envelope(control.welcome("spoke-9"))) == Welcome("spoke-9")
     forwarder.receive(b'{"type":"__subscribe","id":"","payload":{"topic":"t:1"}}')
     forwarder.receive(b'{"type":"__future_control","id":"","payload":null}')
     forwarder.receive(b'{"type":"t","id":"1","payload":5,"unknown":"ignored"}')
@@ -236,10 +253,12 @@ def test_b10_bad_frames_are_counted_not_raised() -> None:
 
 def test_hub_errors_are_reported() -> None:
     forwarder = connected_forwarder()
-    errors: list[EventEnvelope] = []
-    forwarder.on_hub_error = errors.append
-    forwarder.receive(encode_envelope(control.error("forbidden", "no", "t:1")))
-    assert errors[0].payload == {"code": "forbidden", "message": "no", "topic": "t:1"}
+    event = forwarder.receive(encode_envelope(control.error("forbidden", "no", "t:1")))
+    assert event == HubError("forbidden", "no", "t:1")
+    assert forwarder.stats.hub_errors == 1
+    assert forwarder.receive(b'{"type":"__error","id":"","payload":7}') == HubError(
+        "unknown", "", None
+    )
 
 
 def test_b11_close_makes_dispatch_raise_and_listeners_no_ops() -> None:

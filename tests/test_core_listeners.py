@@ -9,6 +9,7 @@ from typing import Any
 
 from alkpubsub.core.envelope import Event, make_event
 from alkpubsub.core.listeners import Listener, ListenerRegistry
+from alkpubsub.target import TaskScheduler
 from alkpubsub.testing import within
 
 
@@ -77,7 +78,9 @@ def test_error_handler_that_raises_does_not_escape() -> None:
 
 async def test_b9_coroutine_listeners_are_tasks_and_isolated() -> None:
     reported: list[BaseException] = []
-    registry = ListenerRegistry(on_listener_error=lambda exc, ev, ln: reported.append(exc))
+    registry = ListenerRegistry(
+        on_listener_error=lambda exc, ev, ln: reported.append(exc), schedule=TaskScheduler()
+    )
     started = asyncio.Event()
     release = asyncio.Event()
     done = asyncio.Event()
@@ -102,13 +105,87 @@ async def test_b9_coroutine_listeners_are_tasks_and_isolated() -> None:
 
 
 def test_coroutine_listener_without_loop_is_dropped_not_raised() -> None:
-    registry = ListenerRegistry()
+    registry = ListenerRegistry(schedule=TaskScheduler())
 
     async def listener(event: Event) -> None:
         return None
 
     registry.add("t:1", listener)
     assert registry.dispatch(make_event("t", "1")) == 1
+
+
+def test_coroutine_listener_without_scheduler_is_reported() -> None:
+    """The core creates no tasks: without a scheduler a coroutine listener is a
+    reported listener error, never an unawaited coroutine."""
+    reported: list[BaseException] = []
+    registry = ListenerRegistry(on_listener_error=lambda exc, ev, ln: reported.append(exc))
+
+    async def listener(event: Event) -> None:
+        return None
+
+    registry.add("t:1", listener)
+    registry.dispatch(make_event("t", "1"))
+    assert registry.listener_errors == 1
+    assert "scheduler" in str(reported[0])
+
+
+def test_listeners_are_called_in_registration_order() -> None:
+    registry = ListenerRegistry()
+    calls: list[int] = []
+    listeners = [lambda event, i=i: calls.append(i) for i in range(50)]
+    for listener in listeners:
+        registry.add("t:1", listener)
+    registry.remove("t:1", listeners[10])
+    registry.add("t:1", listeners[10])
+    registry.dispatch(make_event("t", "1"))
+    assert calls == [*range(10), *range(11, 50), 10]
+
+
+def test_listener_removed_during_dispatch_is_not_called() -> None:
+    """DOM EventTarget semantics: a listener removed by an earlier listener of
+    the same event is skipped; one added meanwhile runs from the next event."""
+    registry = ListenerRegistry()
+    calls: list[str] = []
+
+    class Handler:
+        def second(self, event: Event) -> None:
+            calls.append("second")
+
+    handler = Handler()
+
+    def first(event: Event) -> None:
+        calls.append("first")
+        registry.remove("t:1", handler.second)  # a new bound-method object
+        registry.add("t:1", late)
+
+    def late(event: Event) -> None:
+        calls.append("late")
+
+    registry.add("t:1", first)
+    registry.add("t:1", handler.second)
+    assert registry.dispatch(make_event("t", "1")) == 1
+    assert calls == ["first"]
+    registry.remove("t:1", first)
+    registry.dispatch(make_event("t", "1"))
+    assert calls == ["first", "late"]
+
+
+def test_removal_during_dispatch_skips_only_that_topic() -> None:
+    registry = ListenerRegistry()
+    calls: list[str] = []
+
+    def shared(event: Event) -> None:
+        calls.append(event.type)
+
+    def on_a(event: Event) -> None:
+        registry.remove("a:1", shared)
+        registry.dispatch(make_event("b", "1"))  # nested dispatch of another topic
+
+    registry.add("a:1", on_a)
+    registry.add("a:1", shared)
+    registry.add("b:1", shared)
+    registry.dispatch(make_event("a", "1"))
+    assert calls == ["b:1"]
 
 
 async def test_custom_scheduler_receives_coroutines() -> None:

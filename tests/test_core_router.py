@@ -8,10 +8,18 @@ from typing import Any
 import pytest
 
 from alkpubsub.core import control
+from alkpubsub.core.close import CloseCode
 from alkpubsub.core.codec import encode_envelope
 from alkpubsub.core.envelope import Event, make_event
 from alkpubsub.core.errors import FrameTooLargeError, TargetClosedError
-from alkpubsub.core.router import HubConnection, HubRouter, Peer, PublishRequest, SubscribeRequest
+from alkpubsub.core.router import (
+    ConnectionState,
+    HubConnection,
+    HubRouter,
+    Peer,
+    PublishRequest,
+    SubscribeRequest,
+)
 
 
 def sub(topic: Any) -> bytes:
@@ -27,18 +35,27 @@ def data(type_: str, id_: str, payload: Any = None) -> bytes:
 
 
 class Hub:
+    """A router and what a shell would pull from it."""
+
     def __init__(self, **options: Any) -> None:
-        self.overflowed: list[HubConnection] = []
-        self.router = HubRouter(on_overflow=self.overflowed.append, **options)
-        self.wakes: dict[str, int] = {}
+        self.router = HubRouter(**options)
+        self._cuts: list[HubConnection] = []
+        self._wakes: dict[str, int] = {}
+
+    @property
+    def overflowed(self) -> list[HubConnection]:
+        self._cuts += self.router.take_cuts()
+        return self._cuts
+
+    @property
+    def wakes(self) -> dict[str, int]:
+        for conn in self.router.take_ready():
+            self._wakes[conn.spoke_id] += 1
+        return self._wakes
 
     def connect(self, name: str) -> HubConnection:
-        self.wakes[name] = 0
-
-        def wake() -> None:
-            self.wakes[name] += 1
-
-        return self.router.connect(Peer(spoke_id=name, transport="test"), wake)
+        self._wakes[name] = 0
+        return self.router.connect(Peer(spoke_id=name, transport="test"))
 
     def out(self, conn: HubConnection) -> list[dict[str, Any]]:
         return [json.loads(frame) for frame in self.router.take_outgoing(conn)]
@@ -52,10 +69,10 @@ class Hub:
 def test_welcome_is_the_first_frame() -> None:
     hub = Hub()
     conn = hub.connect("s1")
+    assert hub.wakes["s1"] == 1
     assert hub.out(conn) == [
         {"type": "__welcome", "id": "", "payload": {"protocol": 1, "spoke_id": "s1"}}
     ]
-    assert hub.wakes["s1"] == 1
 
 
 def test_subscribe_needs_authorization_then_routes_by_full_topic() -> None:
@@ -225,9 +242,10 @@ def test_b8_backpressure_decision_cuts_only_the_slow_connection() -> None:
         hub.router.dispatch(make_event("t", "1", "x" * 40 + str(i)))
         hub.out(fast)  # the fast spoke keeps up
     assert hub.overflowed == [slow]  # reported exactly once
-    assert slow.closing
+    assert slow.state is ConnectionState.CLOSING
+    assert slow.close_code == CloseCode.TRY_AGAIN_LATER
     assert hub.router.stats.backpressure_disconnects == 1
-    assert slow.queued_bytes <= 2000 + 100
+    assert slow.queue.nbytes == 0  # nothing more is written to it
     hub.router.dispatch(make_event("t", "1", "after"))
     assert hub.out(fast)[-1]["payload"] == "after"
 
@@ -272,7 +290,7 @@ def test_take_outgoing_in_slices() -> None:
     assert 1 <= len(first) < 10
     rest = hub.router.take_outgoing(a)
     assert len(first) + len(rest) == 10
-    assert a.queued_bytes == 0
+    assert a.queue.nbytes == 0
 
 
 def test_b11_closed_router_refuses() -> None:
@@ -280,8 +298,26 @@ def test_b11_closed_router_refuses() -> None:
     a = hub.connect("a")
     hub.router.close()
     assert hub.router.connections == {}
-    assert a.closing
+    assert a.state is ConnectionState.GONE
     with pytest.raises(TargetClosedError):
         hub.router.dispatch(make_event("t", "1"))
     with pytest.raises(TargetClosedError):
         hub.connect("b")
+
+
+def test_spoke_ids_are_unguessable_and_unique() -> None:
+    router = HubRouter()
+    ids = {router.new_spoke_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(spoke_id) >= 16 for spoke_id in ids)
+
+
+def test_peer_repr_redacts_secrets() -> None:
+    peer = Peer(
+        spoke_id="a",
+        transport="ws",
+        headers={"Authorization": "Bearer s3cret", "Cookie": "sid=s3cret", "X-Id": "visible"},
+    )
+    text = repr(peer)
+    assert "s3cret" not in text
+    assert "visible" in text

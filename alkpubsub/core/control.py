@@ -9,14 +9,17 @@ from .errors import InvalidTopicError
 
 __all__ = [
     "ERROR",
+    "FORBIDDEN",
     "HELLO",
     "PING",
     "PONG",
     "PROTOCOL_VERSION",
     "SUBSCRIBE",
     "UNSUBSCRIBE",
+    "TOO_MANY_TOPICS",
     "WELCOME",
     "error",
+    "error_fields",
     "hello",
     "ping",
     "pong",
@@ -24,6 +27,7 @@ __all__ = [
     "subscription_topic",
     "unsubscribe",
     "welcome",
+    "welcome_spoke_id",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -39,7 +43,6 @@ ERROR: Final = "__error"
 # Error codes carried by ``__error`` frames.
 FORBIDDEN: Final = "forbidden"
 TOO_MANY_TOPICS: Final = "too_many_topics"
-INVALID: Final = "invalid"
 
 
 def _control(type_: str, payload: Any, id_: str = "") -> EventEnvelope:
@@ -90,6 +93,17 @@ def subscription_topic(envelope: EventEnvelope) -> str | None:
         return validate_topic(topic)
     except InvalidTopicError:
         return None
+
+
+def error_fields(envelope: EventEnvelope) -> tuple[str, str, str | None]:
+    """``(code, message, topic)`` of an ``__error`` frame, tolerating bad shapes."""
+    payload = envelope.payload if isinstance(envelope.payload, dict) else {}
+    topic = payload.get("topic")
+    return (
+        str(payload.get("code", "unknown")),
+        str(payload.get("message", "")),
+        topic if isinstance(topic, str) else None,
+    )
 
 
 def welcome_spoke_id(envelope: EventEnvelope) -> str | None:

@@ -1,55 +1,89 @@
 """Local listener registry on blinker (SPEC B6, B9).
 
-blinker gives us identity-based de-duplication of receivers (bound methods
-included) in a private ``Namespace``; we connect with ``weak=False`` because a
-weak receiver (blinker's default) silently vanishes when a lambda or closure is
-collected, and would leak our refcounts. blinker's own ``send`` stops at the
-first raising receiver and awaits coroutines one after another, so dispatch is
-done here: every listener isolated, coroutine results handed to ``schedule``.
+One ``blinker.Signal`` per topic, used through its public API only: receivers are
+connected with ``weak=False`` (a weak receiver, blinker's default, silently
+vanishes when a lambda or closure is collected and would leak our refcounts),
+de-duplicated by blinker's identity rules, and kept in connection order through
+``Signal.set_class``. blinker's own ``send`` stops at the first raising receiver
+and awaits coroutines one after another, so dispatch is done here: every
+listener is isolated, and coroutine results are handed to the ``schedule``
+callable that the asyncio shell injects (the core never touches an event loop).
+
+Dispatch iterates a per-topic tuple that is rebuilt lazily after a change, so
+adding and removing listeners is O(1) and dispatch is one dict lookup. A
+listener removed while an event is being dispatched is not called for that
+event; one added meanwhile is called from the next event on (DOM semantics).
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import BuiltinMethodType
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
-from blinker import ANY, Namespace
+from blinker import ANY, Signal
 
 from .envelope import Event
 
 __all__ = ["Listener", "ListenerErrorHandler", "ListenerRegistry", "Scheduler"]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
 Listener: TypeAlias = Callable[[Event], Awaitable[None] | None]
 ListenerErrorHandler: TypeAlias = Callable[[BaseException, Event, Listener], None]
 Scheduler: TypeAlias = Callable[[Coroutine[Any, Any, None]], None]
 
 
-class _TaskScheduler:
-    """Default scheduler: a task on the running loop, kept alive until it ends."""
+class _ConnectionOrderedSet(set[Any]):
+    """A set that iterates in insertion order, for ``Signal.set_class``."""
 
-    def __init__(self, report: Callable[[BaseException], None]) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._report = report
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        super().__init__()
+        self._order: dict[Any, None] = {}
+        for item in items:
+            self.add(item)
 
-    def __call__(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self._order[item] = None
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self._report(exc)
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        self._order.pop(item, None)
 
-    def cancel_all(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        del self._order[item]
+
+    def clear(self) -> None:
+        super().clear()
+        self._order.clear()
+
+    def copy(self) -> _ConnectionOrderedSet:
+        return _ConnectionOrderedSet(self._order)
+
+    def __or__(self, other: Any) -> _ConnectionOrderedSet:
+        merged = _ConnectionOrderedSet(self._order)
+        for item in other:
+            merged.add(item)
+        return merged
+
+    def __iter__(self) -> Any:
+        return iter(list(self._order))
+
+
+def _identity(listener: Listener) -> object:
+    """What blinker de-duplicates receivers by: bound methods of one object and
+    function are one listener, anything else is its object."""
+    if inspect.ismethod(listener):
+        return (id(listener.__self__), id(listener.__func__))
+    return id(listener)
+
+
+class _TopicSignal(Signal):
+    set_class = _ConnectionOrderedSet
 
 
 class ListenerRegistry:
@@ -61,13 +95,14 @@ class ListenerRegistry:
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
     ) -> None:
-        self._signals = Namespace()
-        # Per-topic tuple of listeners, rebuilt on every add/remove, so that
-        # dispatch (the hot path) is one dict lookup and no copying.
-        self._snapshots: dict[str, tuple[Listener, ...]] = {}
+        self._signals: dict[str, _TopicSignal] = {}
+        # Per-topic listeners for dispatch; None = rebuild from the signal first.
+        self._snapshots: dict[str, tuple[Listener, ...] | None] = {}
         self._on_listener_error = on_listener_error
-        self._default_scheduler: _TaskScheduler | None = None
         self._schedule = schedule
+        # (topic, identity) of listeners removed while a dispatch was running.
+        self._dispatching = 0
+        self._removed_in_dispatch: set[tuple[str, object]] = set()
         self.listener_errors = 0
 
     # -- registration ------------------------------------------------------
@@ -78,13 +113,13 @@ class ListenerRegistry:
             return False
         signal = self._signals.get(topic)
         if signal is None:
-            signal = self._signals.signal(topic)
-        elif self._builtin_twin(signal.receivers, listener) is not None:
+            signal = self._signals[topic] = _TopicSignal()
+        elif self._builtin_twin(signal, listener) is not None:
             return False
-        before = len(signal.receivers)
+        had_listeners = signal.has_receivers_for(ANY)
         signal.connect(listener, sender=ANY, weak=False)
-        self._snapshot(topic, signal.receivers)
-        return before == 0 and len(signal.receivers) == 1
+        self._snapshots[topic] = None
+        return not had_listeners
 
     def remove(self, topic: str, listener: Listener | None) -> bool:
         """Unregister; True when ``topic`` went from 1 to 0 listeners (B6)."""
@@ -93,39 +128,45 @@ class ListenerRegistry:
         signal = self._signals.get(topic)
         if signal is None:
             return False
-        before = len(signal.receivers)
-        signal.disconnect(self._builtin_twin(signal.receivers, listener) or listener, sender=ANY)
-        if len(signal.receivers) == before:
+        registered = self._builtin_twin(signal, listener) or listener
+        signal.disconnect(registered, sender=ANY)
+        if self._dispatching:
+            self._removed_in_dispatch.add((topic, _identity(registered)))
+        self._snapshots[topic] = None
+        if signal.has_receivers_for(ANY):
             return False
-        if not signal.receivers:
-            # Namespaces never shrink on their own: one signal per topic forever.
-            del self._signals[topic]
-            del self._snapshots[topic]
-            return True
-        self._snapshot(topic, signal.receivers)
-        return False
-
-    def _snapshot(self, topic: str, receivers: dict[Any, Any]) -> None:
-        # Receivers are connected with weak=False, so values are the callables.
-        self._snapshots[topic] = tuple(cast(list[Listener], list(receivers.values())))
+        # The last one is gone: forget the topic, so memory does not grow with
+        # every topic ever used. (Removing an unknown listener of a topic that
+        # has others ends above; of a topic with none, there is no signal.)
+        del self._signals[topic]
+        del self._snapshots[topic]
+        return True
 
     @staticmethod
-    def _builtin_twin(receivers: dict[Any, Any], listener: Listener) -> Listener | None:
+    def _builtin_twin(signal: Signal, listener: Listener) -> Listener | None:
         """The connected receiver equal to a builtin bound method, if any.
 
-        blinker keys receivers by identity, which equates Python bound methods
-        of one object; builtin bound methods (``list.append``) are new objects on
-        every access, so they are matched by equality.
+        blinker identifies receivers by ``id()``, which equates Python bound
+        methods of one object; builtin bound methods (``list.append``) are new
+        objects on every access, so they are matched by equality.
         """
         if isinstance(listener, BuiltinMethodType) and not inspect.ismodule(listener.__self__):
-            for receiver in receivers.values():
+            for receiver in signal.receivers_for(ANY):
                 if receiver == listener:
-                    return cast(Listener, receiver)
+                    return receiver
         return None
 
+    def _listeners(self, topic: str) -> tuple[Listener, ...]:
+        listeners = self._snapshots.get(topic)
+        if listeners is None:
+            signal = self._signals.get(topic)
+            if signal is None:
+                return ()
+            listeners = self._snapshots[topic] = tuple(signal.receivers_for(ANY))
+        return listeners
+
     def count(self, topic: str) -> int:
-        receivers = self._snapshots.get(topic)
-        return 0 if receivers is None else len(receivers)
+        return len(self._listeners(topic))
 
     def topics(self) -> list[str]:
         """Topics with at least one listener, in registration order."""
@@ -142,18 +183,32 @@ class ListenerRegistry:
 
     def dispatch(self, event: Event) -> int:
         """Call every listener of ``event.type``; returns how many were called."""
-        receivers = self._snapshots.get(event.type)
-        if receivers is None:
+        listeners = self._snapshots.get(event.type, ())
+        if listeners is None:
+            listeners = self._listeners(event.type)
+        if not listeners:
             return 0
-        for listener in receivers:
-            try:
-                result = listener(event)
-            except Exception as exc:
-                self._report(exc, event, listener)
-                continue
-            if result is not None and inspect.isawaitable(result):
-                self._spawn(result, event, listener)
-        return len(receivers)
+        removed = self._removed_in_dispatch
+        topic = event.type
+        self._dispatching += 1
+        try:
+            called = 0
+            for listener in listeners:
+                if removed and (topic, _identity(listener)) in removed:
+                    continue
+                called += 1
+                try:
+                    result = listener(event)
+                except Exception as exc:
+                    self._report(exc, event, listener)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    self._spawn(result, event, listener)
+            return called
+        finally:
+            self._dispatching -= 1
+            if not self._dispatching:
+                removed.clear()
 
     async def _guard(self, awaitable: Awaitable[None], event: Event, listener: Listener) -> None:
         try:
@@ -162,24 +217,14 @@ class ListenerRegistry:
             self._report(exc, event, listener)
 
     def _spawn(self, awaitable: Awaitable[None], event: Event, listener: Listener) -> None:
-        if self._schedule is not None:
-            self._schedule(self._guard(awaitable, event, listener))
-            return
-        if self._default_scheduler is None:
-            self._default_scheduler = _TaskScheduler(lambda exc: logger.error("%r", exc))
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+            if self._schedule is None:
+                raise RuntimeError("a coroutine listener needs a target with a scheduler")
+            self._schedule(self._guard(awaitable, event, listener))
+        except Exception as exc:  # e.g. no running event loop
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
-            logger.error("coroutine listener %r called outside a running event loop", listener)
-            return
-        self._default_scheduler(self._guard(awaitable, event, listener))
-
-    def cancel_pending(self) -> None:
-        """Cancel coroutine listeners still running (on close)."""
-        if self._default_scheduler is not None:
-            self._default_scheduler.cancel_all()
+            self._report(exc, event, listener)
 
     def _report(self, exc: BaseException, event: Event, listener: Listener) -> None:
         self.listener_errors += 1

@@ -1,29 +1,33 @@
 """Hub-side state: who is subscribed to what, and where each envelope goes.
 
-Sans-I/O. The shell registers a connection with two hooks (``wake`` when its
-queue becomes non-empty, and the router's ``on_overflow`` when it must be cut
-off), feeds it received messages, performs authorization where the router asks
-for it, and writes whatever ``take_outgoing`` returns (SPEC B8, B12, C1, C2, H1-H3).
+Sans-I/O. The shell registers connections, feeds them received messages,
+performs authorization where the router asks for it (``SubscribeRequest``,
+``PublishRequest``) and pulls the router's decisions: ``take_ready()`` lists
+the connections whose queue became non-empty (to be written with
+``take_outgoing``), ``take_cuts()`` those that must be closed, with the code in
+``conn.close_code`` (SPEC B8, B12, C1, C2, H1-H3).
 """
 
 from __future__ import annotations
 
-import itertools
 import secrets
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Final, Literal
 
 from . import control
+from .close import CloseCode
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import Event, EventEnvelope, check_user_event
 from .errors import DecodeError, TargetClosedError
 from .listeners import ListenerErrorHandler, ListenerRegistry, Scheduler
+from .queue import ControlFrame, FrameQueue
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_TOPICS_PER_CONNECTION",
+    "ConnectionState",
     "HubConnection",
     "HubRouter",
     "HubStats",
@@ -39,6 +43,10 @@ DIRECT_TYPE: Final = "direct"
 Action = Literal["subscribe", "publish"]
 
 
+#: Header values that never appear in a repr or a log line.
+SECRET_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
 @dataclass(frozen=True)
 class Peer:
     """What a hub knows about a connected spoke; passed to ``authorize`` (B12)."""
@@ -49,6 +57,17 @@ class Peer:
     path: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     endpoint_id: str | None = None
+
+    def __repr__(self) -> str:
+        headers = {
+            name: "<redacted>" if name.lower() in SECRET_HEADERS else value
+            for name, value in self.headers.items()
+        }
+        return (
+            f"Peer(spoke_id={self.spoke_id!r}, transport={self.transport!r}, "
+            f"remote_address={self.remote_address!r}, path={self.path!r}, "
+            f"headers={headers!r}, endpoint_id={self.endpoint_id!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,29 +102,41 @@ class HubStats:
     backpressure_disconnects: int = 0
 
 
+class ConnectionState(Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # cut off by the router; the shell closes the link
+    GONE = "gone"  # disconnected: nothing is queued or relayed for it any more
+
+
+_OPEN: Final = ConnectionState.OPEN
+
+
 class HubConnection:
     """One spoke as the router sees it."""
 
     __slots__ = (
-        "closing",
+        "buffered_at_cut",
+        "close_code",
+        "close_reason",
         "peer",
         "queue",
-        "queued_bytes",
         "said_hello",
+        "state",
         "topics",
         "transport_buffered",
-        "wake",
     )
 
-    def __init__(self, peer: Peer, wake: Callable[[], None]) -> None:
+    def __init__(self, peer: Peer) -> None:
         self.peer = peer
-        self.wake = wake
         self.topics: set[str] = set()
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
+        self.queue = FrameQueue()
         # Bytes the shell reports as still sitting in the socket/stream buffers.
         self.transport_buffered = 0
-        self.closing = False
+        self.state = ConnectionState.OPEN
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+        #: What was buffered for it when the router cut it off (for on_backpressure).
+        self.buffered_at_cut = 0
         self.said_hello = False
 
     @property
@@ -113,11 +144,15 @@ class HubConnection:
         return self.peer.spoke_id
 
     @property
+    def open(self) -> bool:
+        return self.state is ConnectionState.OPEN
+
+    @property
     def buffered_bytes(self) -> int:
-        return self.queued_bytes + self.transport_buffered
+        return self.queue.nbytes + self.transport_buffered
 
     def __repr__(self) -> str:
-        return f"<HubConnection {self.peer.spoke_id} topics={len(self.topics)}>"
+        return f"<HubConnection {self.peer.spoke_id} {self.state.value} topics={len(self.topics)}>"
 
 
 class HubRouter:
@@ -127,7 +162,6 @@ class HubRouter:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_topics_per_connection: int = DEFAULT_MAX_TOPICS_PER_CONNECTION,
-        on_overflow: Callable[[HubConnection], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
     ) -> None:
@@ -136,26 +170,31 @@ class HubRouter:
         self.max_frame_bytes = max_frame_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.max_topics_per_connection = max_topics_per_connection
-        self.on_overflow: Callable[[HubConnection], None] = on_overflow or _ignore_conn
         self.connections: dict[str, HubConnection] = {}
         # E2: keyed by the full topic. Dict values keep insertion order.
         self.subscriptions: dict[str, dict[HubConnection, None]] = {}
-        self._ids = itertools.count(1)
-        self._id_salt = secrets.token_hex(4)
+        #: Connections whose queue became non-empty: the shell writes them.
+        self.ready: list[HubConnection] = []
+        #: Connections the router cut off (B8): the shell closes their links.
+        self.cuts: list[HubConnection] = []
         self.closed = False
 
     # -- connections -----------------------------------------------------------
 
     def new_spoke_id(self) -> str:
-        return f"{self._id_salt}-{next(self._ids)}"
+        """A fresh, unguessable spoke id (``direct:<id>`` must not be enumerable)."""
+        while True:
+            spoke_id = secrets.token_urlsafe(12)
+            if spoke_id not in self.connections:
+                return spoke_id
 
-    def connect(self, peer: Peer, wake: Callable[[], None]) -> HubConnection:
+    def connect(self, peer: Peer) -> HubConnection:
         """Register a connection and queue its ``__welcome``."""
         if self.closed:
             raise TargetClosedError("hub is closed")
         if peer.spoke_id in self.connections:
             raise ValueError(f"spoke id {peer.spoke_id!r} is already connected")
-        conn = HubConnection(peer, wake)
+        conn = HubConnection(peer)
         self.connections[peer.spoke_id] = conn
         self.stats.connections += 1
         self._send_control(conn, control.welcome(peer.spoke_id))
@@ -170,8 +209,7 @@ class HubRouter:
             self._drop_subscriber(topic, conn)
         conn.topics.clear()
         conn.queue.clear()
-        conn.queued_bytes = 0
-        conn.closing = True
+        conn.state = ConnectionState.GONE
         return True
 
     # -- receiving ----------------------------------------------------------------
@@ -180,7 +218,7 @@ class HubRouter:
         self, conn: HubConnection, message: bytes | str
     ) -> SubscribeRequest | PublishRequest | None:
         """Handle one message; returns what needs authorization, if anything."""
-        if conn.closing:
+        if conn.state is not ConnectionState.OPEN:
             return None
         self.stats.received_frames += 1
         try:
@@ -236,7 +274,7 @@ class HubRouter:
     # -- applying decisions -------------------------------------------------------
 
     def subscribe(self, conn: HubConnection, topic: str) -> None:
-        if conn.closing or topic in conn.topics:
+        if conn.state is not ConnectionState.OPEN or topic in conn.topics:
             return
         conn.topics.add(topic)
         self.subscriptions.setdefault(topic, {})[conn] = None
@@ -280,54 +318,60 @@ class HubRouter:
         subscribers = self.subscriptions.get(topic)
         if not subscribers:
             return
-        size = len(frame)
         limit = self.max_buffered_bytes
-        for conn in list(subscribers):
-            if conn.closing:
-                continue
+        ready = self.ready
+        for conn in subscribers:
+            if conn.state is not _OPEN:
+                continue  # cut off during this fan-out or an earlier one
             queue = conn.queue
-            queue.append(frame)
-            conn.queued_bytes += size
-            if conn.queued_bytes + conn.transport_buffered > limit:
-                self._overflow(conn)
-            elif len(queue) == 1:
-                conn.wake()
+            if queue.push(frame):
+                ready.append(conn)
+            # B8: the one place where a connection is found too slow.
+            if queue.nbytes + conn.transport_buffered > limit:
+                self._cut_slow(conn)
 
-    def _overflow(self, conn: HubConnection) -> None:
+    def _cut_slow(self, conn: HubConnection) -> None:
+        if conn.state is not ConnectionState.OPEN:
+            return
         self.stats.backpressure_disconnects += 1
-        conn.closing = True
-        self.on_overflow(conn)
+        self._cut(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer: too much buffered")
 
-    # -- writing -------------------------------------------------------------------
+    def _cut(self, conn: HubConnection, code: CloseCode, reason: str) -> None:
+        """Stop serving ``conn`` and ask the shell to close its link."""
+        conn.state = ConnectionState.CLOSING
+        conn.close_code = code
+        conn.close_reason = reason
+        conn.buffered_at_cut = conn.buffered_bytes
+        conn.queue.clear()  # nothing more is written to it
+        self.cuts.append(conn)
+
+    # -- what the shell pulls ------------------------------------------------------
+
+    def take_ready(self) -> list[HubConnection]:
+        """Connections whose queue became non-empty since the last call."""
+        ready, self.ready = self.ready, []
+        return ready
+
+    def take_cuts(self) -> list[HubConnection]:
+        """Connections the router cut off since the last call (close with
+        ``conn.close_code``)."""
+        cuts, self.cuts = self.cuts, []
+        return cuts
 
     def take_outgoing(self, conn: HubConnection, max_bytes: int | None = None) -> list[bytes]:
-        queue = conn.queue
-        if max_bytes is None or conn.queued_bytes <= max_bytes:
-            frames = list(queue)
-            queue.clear()
-            conn.queued_bytes = 0
-            return frames
-        frames = []
-        taken = 0
-        while queue and (not frames or taken + len(queue[0]) <= max_bytes):
-            frame = queue.popleft()
-            frames.append(frame)
-            taken += len(frame)
-        conn.queued_bytes -= taken
-        return frames
+        return conn.queue.take(max_bytes)
 
     def report_transport_buffered(self, conn: HubConnection, nbytes: int) -> None:
         """The shell tells how much still sits in the socket; may trigger B8."""
         conn.transport_buffered = nbytes
-        if not conn.closing and conn.buffered_bytes > self.max_buffered_bytes:
-            self._overflow(conn)
+        if conn.queue.nbytes + nbytes > self.max_buffered_bytes:
+            self._cut_slow(conn)
 
     def close(self) -> None:
         self.closed = True
         for conn in list(self.connections.values()):
             self.disconnect(conn)
         self.registry.clear()
-        self.registry.cancel_pending()
 
     # -- internals -----------------------------------------------------------------
 
@@ -339,14 +383,7 @@ class HubRouter:
                 del self.subscriptions[topic]
 
     def _send_control(self, conn: HubConnection, envelope: EventEnvelope) -> None:
-        if conn.closing:
+        if conn.state is not ConnectionState.OPEN:
             return
-        frame = encode_envelope(envelope, self.max_frame_bytes)
-        conn.queue.append(frame)
-        conn.queued_bytes += len(frame)
-        if len(conn.queue) == 1:
-            conn.wake()
-
-
-def _ignore_conn(_: HubConnection) -> None:
-    return None
+        if conn.queue.push(ControlFrame(encode_envelope(envelope, self.max_frame_bytes))):
+            self.ready.append(conn)

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import iroh
 from iroh import (
@@ -40,6 +40,7 @@ from iroh import (
     preset_minimal,
 )
 
+from ..core.close import NORMAL_CLOSE_CODES, CloseCode
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, pack_frames
 from ..core.errors import (
     ConnectionRefusedByHubError,
@@ -47,18 +48,20 @@ from ..core.errors import (
     LinkClosedError,
     TargetClosedError,
 )
-from ._hub import HubTarget
 from ._iroh_fastpath import install_fast_write
-from ._spoke import SpokeLink, SpokeTarget
+from .hub import HubTarget
+from .link import Link
+from .spoke import SpokeTarget
 
-__all__ = ["ALPN", "IrohAcceptor", "IrohHub", "IrohSpoke", "load_secret_key"]
+__all__ = ["ALPN", "IrohAcceptor", "IrohHub", "IrohLink", "IrohSpoke", "load_secret_key"]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
 ALPN: Final = b"alkpubsub/1"
 READ_CHUNK_BYTES: Final = 64 * 1024
-CLOSE_FORBIDDEN: Final = 1008  # policy violation: not on the allow-list
 DEFAULT_BIND: Final = "127.0.0.1:0"
+#: QUIC's own "no error" code: what a connection closed by an endpoint shutdown carries.
+QUIC_NO_ERROR: Final = 0
 _CLOSE_CODE = re.compile(r"error_code: (\d+)|\(code (\d+)\)")
 
 
@@ -112,6 +115,61 @@ async def bind_endpoint(
     return await Endpoint.bind(options)
 
 
+class EndpointHolder:
+    """An Iroh endpoint that is either the caller's (borrowed: never closed by
+    us) or bound by us on first use and closed on release. Shared by the
+    acceptor and the spoke."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: Endpoint | None,
+        secret_key: bytes | str | os.PathLike[str] | None,
+        bind_addr: str,
+        relay_mode: RelayMode | None,
+        preset: Any,
+        fast_write: bool,
+    ) -> None:
+        self._endpoint = endpoint
+        self.owned = endpoint is None
+        self._secret_key = load_secret_key(secret_key)
+        self._bind_addr = bind_addr
+        self._relay_mode = relay_mode
+        self._preset = preset
+        self._fast_write = fast_write
+
+    @property
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            raise RuntimeError("not started, or already closed")
+        return self._endpoint
+
+    async def acquire(self, alpns: list[bytes]) -> Endpoint:
+        """The endpoint, bound now if it is ours and not bound yet."""
+        bind_uniffi_loop()
+        install_fast_write(self._fast_write)
+        if self._endpoint is None:
+            self._endpoint = await bind_endpoint(
+                secret_key=self._secret_key,
+                bind_addr=self._bind_addr,
+                alpns=alpns,
+                relay_mode=self._relay_mode,
+                preset=self._preset,
+            )
+        elif alpns and not self.owned:
+            self._endpoint.set_alpns(alpns)
+        return self._endpoint
+
+    async def release(self) -> None:
+        """Close the endpoint if it is ours."""
+        endpoint, self._endpoint = self._endpoint, (None if self.owned else self._endpoint)
+        if self.owned and endpoint is not None:
+            with contextlib.suppress(Exception):
+                await endpoint.close()
+            # The UDP sockets are released only when the Rust object is dropped.
+            del endpoint
+
+
 def describe(error: BaseException) -> str:
     """``str(IrohError)`` is empty; the details live in ``message()``."""
     message = getattr(error, "message", None)
@@ -150,7 +208,10 @@ class IrohLink:
         if self._send is None:
             raise ConnectionError("iroh link is closed")
         # F3: every queued frame in one write, one FFI call.
-        await self._send.write_all(pack_frames(frames))
+        try:
+            await self._send.write_all(pack_frames(frames))
+        except IrohError as exc:
+            raise ConnectionError(f"iroh stream write failed: {describe(exc)}") from None
 
     async def messages(self) -> AsyncIterator[bytes]:
         if self._recv is None:
@@ -162,13 +223,13 @@ class IrohLink:
                 chunk = await read(READ_CHUNK_BYTES)
             except IrohError as exc:
                 code = close_code_of(exc)
-                if code == CLOSE_FORBIDDEN:
+                if code == CloseCode.POLICY_VIOLATION:
                     raise ConnectionRefusedByHubError(
                         f"hub refused this endpoint: {describe(exc)}"
                     ) from exc
                 if not decoder.at_frame_boundary():
                     raise FramingError("stream ended inside a frame") from exc
-                if code is not None and code not in (0, 1000, 1001):
+                if code is not None and code != QUIC_NO_ERROR and code not in NORMAL_CLOSE_CODES:
                     raise LinkClosedError(code, describe(exc)) from None
                 return
             if not chunk:
@@ -181,7 +242,7 @@ class IrohLink:
     def transport_buffered(self) -> int:
         return 0  # write_all returns once quinn accepted the bytes (flow control)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if self._closed:
             return
         self._closed = True
@@ -231,15 +292,16 @@ class IrohAcceptor:
         handshake_timeout: float = 10.0,
         fast_write: bool = True,
     ) -> None:
-        self._endpoint = endpoint
-        self._owns_endpoint = endpoint is None
-        self._secret_key = load_secret_key(secret_key)
-        self._bind_addr = bind_addr
+        self._holder = EndpointHolder(
+            endpoint=endpoint,
+            secret_key=secret_key,
+            bind_addr=bind_addr,
+            relay_mode=relay_mode,
+            preset=preset,
+            fast_write=fast_write,
+        )
         self._allowed = None if allowed_peers is None else {str(p) for p in allowed_peers}
-        self._relay_mode = relay_mode
-        self._preset = preset
         self.handshake_timeout = handshake_timeout
-        self._fast_write = fast_write
         self._hub: HubTarget | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -250,9 +312,7 @@ class IrohAcceptor:
 
     @property
     def endpoint(self) -> Endpoint:
-        if self._endpoint is None:
-            raise RuntimeError("not started, or already closed")
-        return self._endpoint
+        return self._holder.endpoint
 
     @property
     def endpoint_id(self) -> str:
@@ -269,20 +329,9 @@ class IrohAcceptor:
 
     async def start(self, hub: HubTarget) -> None:
         self._hub = hub
-        bind_uniffi_loop()
-        install_fast_write(self._fast_write)
-        if self._endpoint is None:
-            self._endpoint = await bind_endpoint(
-                secret_key=self._secret_key,
-                bind_addr=self._bind_addr,
-                alpns=[ALPN],
-                relay_mode=self._relay_mode,
-                preset=self._preset,
-            )
-        else:
-            self._endpoint.set_alpns([ALPN])
-        self._endpoint_id = str(self._endpoint.id())
-        self._ticket = str(EndpointTicket.from_addr(self._endpoint.addr()))
+        endpoint = await self._holder.acquire([ALPN])
+        self._endpoint_id = str(endpoint.id())
+        self._ticket = str(EndpointTicket.from_addr(endpoint.addr()))
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
 
     async def _accept_loop(self) -> None:
@@ -307,7 +356,7 @@ class IrohAcceptor:
         del incoming  # holds the endpoint; tracebacks must not keep it alive
         if link is None:
             return
-        # Past the handshake: the hub closes this connection (1001) when it closes.
+        # Past the handshake: the hub closes this connection (going away) when it closes.
         task = asyncio.current_task()
         if task is not None:
             self._handshakes.discard(task)
@@ -317,7 +366,7 @@ class IrohAcceptor:
         except TargetClosedError:
             pass
         finally:
-            await link.close(1000, "")
+            await link.close(CloseCode.NORMAL, "")
             if task is not None:
                 self._connections.discard(task)
 
@@ -332,7 +381,7 @@ class IrohAcceptor:
                 if self._allowed is not None and remote not in self._allowed:
                     self.refused_peers += 1
                     logger.info("refusing iroh peer %s: not in allowed_peers", remote)
-                    connection.close(CLOSE_FORBIDDEN, b"endpoint not allowed")
+                    connection.close(CloseCode.POLICY_VIOLATION, b"endpoint not allowed")
                     return None
                 # The stream is invisible until the spoke writes (its __hello).
                 stream = await connection.accept_bi()
@@ -340,7 +389,7 @@ class IrohAcceptor:
             logger.info("iroh handshake failed: %s", describe(exc))
             if connection is not None:
                 with contextlib.suppress(Exception):
-                    connection.close(1002, b"handshake failed")
+                    connection.close(CloseCode.PROTOCOL_ERROR, b"handshake failed")
             return None
         link = IrohLink(connection, stream.send(), stream.recv(), max_frame_bytes)
         link.remote_id = remote
@@ -356,11 +405,7 @@ class IrohAcceptor:
 
     async def release(self) -> None:
         await asyncio.gather(*self._handshakes, *self._connections, return_exceptions=True)
-        if self._owns_endpoint and self._endpoint is not None:
-            with contextlib.suppress(Exception):
-                await self._endpoint.close()
-            # The UDP sockets are released only when the Rust object is dropped.
-            self._endpoint = None
+        await self._holder.release()
 
 
 _ACCEPTOR_OPTIONS: Final = frozenset(
@@ -410,6 +455,7 @@ class IrohSpoke(SpokeTarget):
     """A spoke dialing an Iroh hub by ticket (or endpoint id and addresses)."""
 
     transport_name = "iroh-spoke"
+    url_schemes: ClassVar[tuple[str, ...]] = ("iroh",)
 
     def __init__(
         self,
@@ -426,14 +472,20 @@ class IrohSpoke(SpokeTarget):
     ) -> None:
         self.hub_addr = parse_hub_address(hub, hub_addresses)
         super().__init__(**spoke_options)
-        self._endpoint = endpoint
-        self._owns_endpoint = endpoint is None
-        self._secret_key = load_secret_key(secret_key)
-        self._bind_addr = bind_addr
-        self._relay_mode = relay_mode
-        self._preset = preset
-        self._fast_write = fast_write
+        self._holder = EndpointHolder(
+            endpoint=endpoint,
+            secret_key=secret_key,
+            bind_addr=bind_addr,
+            relay_mode=relay_mode,
+            preset=preset,
+            fast_write=fast_write,
+        )
         self._endpoint_id: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> IrohSpoke:
+        """``iroh://<ticket>``."""
+        return cls(url, **options)
 
     @property
     def endpoint_id(self) -> str:
@@ -442,31 +494,23 @@ class IrohSpoke(SpokeTarget):
         return self._endpoint_id
 
     async def start(self) -> None:
-        if self._endpoint is None or self._supervisor is None:
-            bind_uniffi_loop()
-            install_fast_write(self._fast_write)
-        if self._endpoint is None and not self._closed:
-            self._endpoint = await bind_endpoint(
-                secret_key=self._secret_key,
-                bind_addr=self._bind_addr,
-                alpns=[],
-                relay_mode=self._relay_mode,
-                preset=self._preset,
-            )
-        if self._endpoint is not None:
-            self._endpoint_id = str(self._endpoint.id())
+        if self._closed:
+            raise TargetClosedError("target is closed")
+        endpoint = await self._holder.acquire([])
+        self._endpoint_id = str(endpoint.id())
         await super().start()
 
-    async def _open_link(self) -> SpokeLink:
-        assert self._endpoint is not None
-        connection = await self._endpoint.connect(self.hub_addr, ALPN)
-        stream = await connection.open_bi()
-        return IrohLink(connection, stream.send(), stream.recv(), self._forwarder.max_frame_bytes)
+    async def open_link(self) -> Link:
+        endpoint = self._holder.endpoint
+        try:
+            connection = await endpoint.connect(self.hub_addr, ALPN)
+            stream = await connection.open_bi()
+        except IrohError as exc:
+            raise ConnectionError(f"cannot reach the iroh hub: {describe(exc)}") from None
+        return IrohLink(connection, stream.send(), stream.recv(), self.max_frame_bytes)
 
     async def aclose(self) -> None:
         was_open = not self._closed
         await super().aclose()
-        if was_open and self._owns_endpoint and self._endpoint is not None:
-            with contextlib.suppress(Exception):
-                await self._endpoint.close()
-            self._endpoint = None  # drops the Rust object, releasing the socket
+        if was_open:
+            await self._holder.release()

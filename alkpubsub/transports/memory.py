@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from ..core.envelope import Event, check_user_event, validate_topic
 from ..core.errors import TargetClosedError
 from ..core.listeners import Listener, ListenerErrorHandler, ListenerRegistry
@@ -14,10 +16,18 @@ class MemoryEventTarget(BaseEventTarget):
     """Listeners run inside ``dispatch_event``; envelopes are passed by reference."""
 
     transport_name = "memory"
+    url_schemes: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(self, *, on_listener_error: ListenerErrorHandler | None = None) -> None:
         super().__init__()
-        self._registry = ListenerRegistry(on_listener_error=on_listener_error)
+        self._registry = ListenerRegistry(
+            on_listener_error=on_listener_error, schedule=self._scheduler
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryEventTarget:
+        """``memory://``: a fresh in-process bus (the URL carries nothing else)."""
+        return cls(**options)
 
     @property
     def listener_errors(self) -> int:
@@ -50,4 +60,3 @@ class MemoryEventTarget(BaseEventTarget):
     async def aclose(self) -> None:
         if self._mark_closed():
             self._registry.clear()
-            self._registry.cancel_pending()

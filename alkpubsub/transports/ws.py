@@ -1,10 +1,10 @@
 """WebSocket transport: ``ws-hub`` and ``ws-spoke`` on the ``websockets`` library.
 
 Framing is SPEC F1: one text message = one JSON envelope. Everything about
-subscriptions, relaying, reconnects and backpressure lives in the shared shells
-(``_hub.HubTarget``, ``_spoke.SpokeTarget``) and the sans-I/O core; this module
-only moves messages. Adapters let the hub serve connections accepted by
-Starlette/FastAPI or aiohttp as well (H4).
+subscriptions, relaying, reconnects and backpressure lives in the shared
+shells (``HubTarget``, ``SpokeTarget``) and the sans-I/O core; this module only
+moves messages. The standalone server is an acceptor like Iroh's; connections
+accepted by Starlette/FastAPI or aiohttp are served through the same links (H4).
 """
 
 from __future__ import annotations
@@ -16,24 +16,32 @@ import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ..core.close import NORMAL_CLOSE_CODES, CloseCode
 from ..core.errors import ConnectionRefusedByHubError, LinkClosedError, TargetClosedError
-from ._hub import HubLink, HubTarget
-from ._spoke import SpokeLink, SpokeTarget
+from .hub import HubTarget
+from .link import Link
+from .spoke import SpokeTarget
 
-__all__ = ["HttpRequestInfo", "WebSocketHub", "WebSocketSpoke"]
+__all__ = [
+    "HttpRequestInfo",
+    "TextFrameLink",
+    "WebSocketAcceptor",
+    "WebSocketHub",
+    "WebSocketSpoke",
+    "WebsocketsLink",
+]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
-NORMAL_CLOSE_CODES = frozenset({1000, 1001})
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
@@ -80,7 +88,10 @@ class WebsocketsLink:
 
     async def send(self, frames: list[bytes]) -> None:
         self.write_nowait(frames)
-        await self.ws.drain()  # the connection's flow control (write_limit)
+        try:
+            await self.ws.drain()  # the connection's flow control (write_limit)
+        except ConnectionClosed as exc:
+            raise ConnectionError(f"websocket closed while sending: {exc}") from None
 
     async def messages(self) -> AsyncIterator[bytes | str]:
         recv = self.ws.recv
@@ -95,7 +106,7 @@ class WebsocketsLink:
         transport = self.ws.transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         # A peer that stopped reading never lets the close frame out (websockets
         # waits for the write buffer to drain first): bound the handshake, then
         # drop the TCP connection.
@@ -107,71 +118,80 @@ class WebsocketsLink:
                 transport.abort()
 
 
-class StarletteLink:
-    """A Starlette/FastAPI ``WebSocket`` (any ASGI server)."""
+class TextFrameLink:
+    """A framework's server-side WebSocket (Starlette/FastAPI, aiohttp) that
+    sends text frames one at a time. The framework applies flow control inside
+    its send call, so nothing stays buffered below us."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        send_text: Callable[[str], Awaitable[None]],
+        receive: Callable[[], Awaitable[bytes | str | None]],
+        close: Callable[[int, str], Awaitable[None]],
+    ) -> None:
         self.ws = ws
+        self._send_text = send_text
+        self._receive = receive
+        self._close = close
 
     async def send(self, frames: list[bytes]) -> None:
-        send_text = self.ws.send_text
-        for frame in frames:
-            await send_text(frame.decode())
+        send_text = self._send_text
+        try:
+            for frame in frames:
+                await send_text(frame.decode())
+        except Exception as exc:  # each framework has its own "closed" errors
+            raise ConnectionError(f"websocket send failed: {exc!r}") from exc
 
     async def messages(self) -> AsyncIterator[bytes | str]:
-        receive = self.ws.receive
+        receive = self._receive
+        while (message := await receive()) is not None:
+            yield message
+
+    def transport_buffered(self) -> int:
+        return 0
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        with contextlib.suppress(Exception):
+            await self._close(code, reason)
+
+
+def _starlette_link(ws: Any) -> TextFrameLink:
+    async def receive() -> bytes | str | None:
         while True:
-            message = await receive()
+            message = await ws.receive()
             if message["type"] != "websocket.receive":
-                return
+                return None
             data = message.get("text")
             if data is None:
                 data = message.get("bytes")
             if data is not None:
-                yield data
+                return data  # type: ignore[no-any-return]
 
-    def transport_buffered(self) -> int:
-        return 0  # the ASGI server applies flow control inside send()
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code, reason)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+    return TextFrameLink(ws, ws.send_text, receive, close)
 
 
-class AiohttpLink:
-    """An aiohttp ``web.WebSocketResponse`` that the caller has prepared."""
+def _aiohttp_link(ws: Any) -> TextFrameLink:
+    from aiohttp import WSMsgType
 
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
+    async def receive() -> bytes | str | None:
+        message = await ws.receive()
+        if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return message.data  # type: ignore[no-any-return]
+        return None  # CLOSE, CLOSING, CLOSED, ERROR
 
-    async def send(self, frames: list[bytes]) -> None:
-        send_str = self.ws.send_str
-        for frame in frames:
-            await send_str(frame.decode())
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code=code, message=reason.encode())
 
-    async def messages(self) -> AsyncIterator[bytes | str]:
-        from aiohttp import WSMsgType
-
-        while True:
-            message = await self.ws.receive()
-            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                yield message.data
-            elif (
-                message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-                or message.type == WSMsgType.ERROR
-            ):
-                return
-
-    def transport_buffered(self) -> int:
-        return 0  # aiohttp drains inside send_str()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode())
+    return TextFrameLink(ws, ws.send_str, receive, close)
 
 
-def adapt_connection(connection: Any, **peer: Any) -> tuple[HubLink, dict[str, Any]]:
-    """Wrap a server-side WebSocket of a supported framework as a ``HubLink``."""
+def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]]:
+    """Wrap a server-side WebSocket of a supported framework as a ``Link``."""
+    link: Link
     if isinstance(connection, ServerConnection | ClientConnection):
         request = getattr(connection, "request", None)
         info = {
@@ -179,7 +199,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[HubLink, dict[str, A
             "path": request.path if request is not None else None,
             "headers": dict(request.headers) if request is not None else {},
         }
-        link: HubLink = WebsocketsLink(connection)
+        link = WebsocketsLink(connection)
     elif hasattr(connection, "application_state") and hasattr(connection, "send_text"):
         client = getattr(connection, "client", None)
         info = {
@@ -187,7 +207,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[HubLink, dict[str, A
             "path": connection.url.path,
             "headers": dict(connection.headers),
         }
-        link = StarletteLink(connection)
+        link = _starlette_link(connection)
     elif hasattr(connection, "send_str") and hasattr(connection, "prepare"):
         request = peer.pop("request", None)
         info = {
@@ -195,7 +215,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[HubLink, dict[str, A
             "path": None if request is None else request.path,
             "headers": {} if request is None else dict(request.headers),
         }
-        link = AiohttpLink(connection)
+        link = _aiohttp_link(connection)
     else:
         raise TypeError(
             f"unsupported connection type {type(connection).__qualname__}: expected a "
@@ -205,11 +225,12 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[HubLink, dict[str, A
     return link, info
 
 
-class WebSocketHub(HubTarget):
-    """A WebSocket hub: standalone server (``start()``) and/or framework-mounted
-    connections (``serve_connection`` / ``add_connection``)."""
+class WebSocketAcceptor:
+    """The standalone WebSocket server of a hub (``websockets.serve``).
 
-    transport_name = "ws-hub"
+    Refuses other paths with HTTP 404 and, with ``authenticate``, unauthorized
+    upgrades with 401/403, before any WebSocket frame is exchanged.
+    """
 
     def __init__(
         self,
@@ -219,48 +240,37 @@ class WebSocketHub(HubTarget):
         path: str = "/",
         ssl: ssl_module.SSLContext | None = None,
         authenticate: Authenticate | None = None,
-        serve: bool = True,
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
-        **hub_options: Any,
     ) -> None:
-        super().__init__(**hub_options)
         self.host = host
         self.port = port
         self.path = path
         self._ssl = ssl
         self._authenticate = authenticate
-        self._serve = serve
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
         self._server: Server | None = None
-        self._url: str | None = None
-        self._mounted: dict[Any, asyncio.Task[None]] = {}
+        self._hub: HubTarget | None = None
+        self.url: str | None = None
 
-    @property
-    def url(self) -> str:
-        """The ``ws://`` (or ``wss://``) URL actually bound, once started."""
-        if self._url is None:
-            raise RuntimeError("hub is not serving: call start() (or use async with)")
-        return self._url
-
-    async def _start_transport(self) -> None:
-        if self._serve:
-            self._server = await serve(
-                self._handle,
-                self.host,
-                self.port,
-                process_request=self._process_request,
-                max_size=self.max_frame_bytes,
-                compression=None,  # per-connection deflate would defeat encode-once (H3)
-                ssl=self._ssl,
-                close_timeout=self._close_timeout,
-                ping_interval=self._ping_interval,
-            )
-            host, port = self._server.sockets[0].getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            scheme = "wss" if self._ssl is not None else "ws"
-            self._url = f"{scheme}://{host}:{port}{self.path}"
+    async def start(self, hub: HubTarget) -> None:
+        self._hub = hub
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=hub.max_frame_bytes,
+            compression=None,  # per-connection deflate would defeat encode-once (H3)
+            ssl=self._ssl,
+            close_timeout=self._close_timeout,
+            ping_interval=self._ping_interval,
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        scheme = "wss" if self._ssl is not None else "ws"
+        self.url = f"{scheme}://{host}:{port}{self.path}"
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
@@ -288,14 +298,68 @@ class WebSocketHub(HubTarget):
         return connection.respond(status, "Unauthorized\n" if status == 401 else "Forbidden\n")
 
     async def _handle(self, connection: ServerConnection) -> None:
-        await self.serve_connection(connection)
+        assert self._hub is not None
+        link, info = adapt_connection(connection)
+        with contextlib.suppress(TargetClosedError):
+            await self._hub.serve_link(link, {"transport": "ws", **info})
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=False)
+
+    async def release(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class WebSocketHub(HubTarget):
+    """A WebSocket hub: a standalone server (``serve=True``) and/or
+    framework-mounted connections (``serve_connection`` / ``add_connection``)."""
+
+    transport_name = "ws-hub"
+
+    def __init__(
+        self,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        path: str = "/",
+        ssl: ssl_module.SSLContext | None = None,
+        authenticate: Authenticate | None = None,
+        serve: bool = True,
+        close_timeout: float = 2.0,
+        ping_interval: float | None = 20.0,
+        **hub_options: Any,
+    ) -> None:
+        super().__init__(**hub_options)
+        self.path = path
+        self.server: WebSocketAcceptor | None = None
+        if serve:
+            self.server = WebSocketAcceptor(
+                host=host,
+                port=port,
+                path=path,
+                ssl=ssl,
+                authenticate=authenticate,
+                close_timeout=close_timeout,
+                ping_interval=ping_interval,
+            )
+            self.add_acceptor(self.server)
+        self._mounted: dict[Any, asyncio.Task[None]] = {}
+
+    @property
+    def url(self) -> str:
+        """The ``ws://`` (or ``wss://``) URL actually bound, once started."""
+        if self.server is None or self.server.url is None:
+            raise RuntimeError("hub is not serving: call start() (or use async with)")
+        return self.server.url
 
     async def serve_connection(self, connection: Any, **peer: Any) -> None:
         """Serve an accepted WebSocket until it closes (for a framework's handler).
 
         Starlette sockets not yet accepted are accepted here. The caller keeps
-        ownership of the socket: it is closed only on backpressure (B8), on
-        hub close, or by its own peer.
+        ownership of the socket: it is closed only on backpressure (B8), on a
+        protocol violation, on hub close, or by its own peer.
         """
         if hasattr(connection, "application_state"):
             from starlette.websockets import WebSocketState
@@ -311,14 +375,14 @@ class WebSocketHub(HubTarget):
             raise TargetClosedError("hub is closed")
         if connection in self._mounted:
             return
-        task = asyncio.get_running_loop().create_task(self.serve_connection(connection, **peer))
+        task = self.spawn(self.serve_connection(connection, **peer))
         self._mounted[connection] = task
         task.add_done_callback(lambda _: self._mounted.pop(connection, None))
 
     def remove_connection(self, connection: Any) -> None:
         """Stop serving ``connection`` without closing it; repeated calls are no-ops (H4)."""
-        for conn, link in list(self._links.items()):
-            if getattr(link, "ws", None) is connection:
+        for conn, served in list(self._served.items()):
+            if getattr(served.link, "ws", None) is connection:
                 self._forget(conn)
         task = self._mounted.pop(connection, None)
         if task is not None:
@@ -331,24 +395,12 @@ class WebSocketHub(HubTarget):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close(close_connections=False)
-        await super()._stop_accepting()
-
-    async def _finish_close(self) -> None:
-        await super()._finish_close()
-        for task in list(self._mounted.values()):
-            task.cancel()
-        await asyncio.gather(*self._mounted.values(), return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
 
 class WebSocketSpoke(SpokeTarget):
     """A spoke connected to a WebSocket hub, reconnecting by itself (B7)."""
 
     transport_name = "ws-spoke"
+    url_schemes: ClassVar[tuple[str, ...]] = ("ws", "wss")
 
     def __init__(
         self,
@@ -360,7 +412,7 @@ class WebSocketSpoke(SpokeTarget):
         **spoke_options: Any,
     ) -> None:
         scheme = urlsplit(url).scheme
-        if scheme not in ("ws", "wss"):
+        if scheme not in self.url_schemes:
             raise ValueError(f"ws-spoke needs a ws:// or wss:// URL, not {url!r}")
         super().__init__(**spoke_options)
         self.url = url
@@ -368,17 +420,22 @@ class WebSocketSpoke(SpokeTarget):
         self._ssl = ssl
         self._ping_interval = ping_interval
 
-    async def _open_link(self) -> SpokeLink:
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> WebSocketSpoke:
+        return cls(url, **options)
+
+    async def open_link(self) -> Link:
+        tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
         try:
             ws = await connect(
                 self.url,
                 additional_headers=self._headers,
-                max_size=self._forwarder.max_frame_bytes,
+                max_size=self.max_frame_bytes,
                 compression=None,
                 open_timeout=None,  # bounded by connect_timeout in the supervisor
-                ssl=self._ssl,
                 ping_interval=self._ping_interval,
                 close_timeout=2.0,
+                **tls,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -386,5 +443,7 @@ class WebSocketSpoke(SpokeTarget):
                 raise ConnectionRefusedByHubError(
                     f"hub at {self.url} refused the connection: HTTP {status}"
                 ) from exc
-            raise
+            raise ConnectionError(f"hub at {self.url} answered HTTP {status}") from exc
+        except InvalidHandshake as exc:
+            raise ConnectionError(f"WebSocket handshake with {self.url} failed: {exc}") from exc
         return WebsocketsLink(ws)

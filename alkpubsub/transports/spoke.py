@@ -1,8 +1,8 @@
 """The spoke shell shared by every hub-and-spoke transport.
 
-``SpokeTarget`` = ``SubscriptionForwarder`` + a supervisor task that (re)opens a
-link with capped, jittered exponential backoff + one writer and one reader per
-link. A transport only implements ``_open_link`` and the small ``SpokeLink``.
+``SpokeTarget`` = the core's ``SubscriptionForwarder`` + a supervisor task that
+(re)opens a link with capped, jittered exponential backoff + one writer and one
+reader per link. A transport subclasses it and implements ``open_link()``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import ClassVar
 
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES
-from ..core.envelope import Event, EventEnvelope
+from ..core.envelope import Event
 from ..core.errors import (
     ConnectionRefusedByHubError,
     HubRefusalError,
@@ -25,35 +25,31 @@ from ..core.errors import (
 from ..core.forwarder import (
     DEFAULT_MAX_OUTGOING_BYTES,
     DEFAULT_OUTBOX_LIMIT,
+    ForwarderStats,
+    HubError,
+    Pong,
+    SpokeEvent,
+    SpokeState,
     SubscriptionForwarder,
+    Welcome,
 )
 from ..core.listeners import Listener, ListenerErrorHandler
-from ..target import BaseEventTarget
+from ..target import BaseEventTarget, call_user
+from .link import LINK_ERRORS, Link, write_loop
 
-__all__ = ["SpokeLink", "SpokeTarget"]
+__all__ = ["SpokeState", "SpokeTarget"]
 
-logger = logging.getLogger("alkpubsub")
-
-# Bytes handed to the link per write call: large enough to coalesce, small
-# enough that one write does not monopolise the loop.
-WRITE_CHUNK_BYTES = 256 * 1024
-
-
-class SpokeLink(Protocol):
-    """One live connection to a hub, as a spoke sees it."""
-
-    async def send(self, frames: list[bytes]) -> None:
-        """Write frames in order (may coalesce); raise when the link is gone."""
-
-    def messages(self) -> AsyncIterator[bytes | str]:
-        """Whole received messages until the link ends."""
-
-    async def close(self) -> None:
-        """Close the link; never raises."""
+logger = logging.getLogger(__name__)
 
 
 class SpokeTarget(BaseEventTarget, abc.ABC):
-    """A ``TypedEventTarget`` connected to a hub, reconnecting by itself (B7)."""
+    """A ``TypedEventTarget`` connected to a hub, reconnecting by itself (B7).
+
+    Subclass it and implement ``open_link()``; see ``docs/transports.md``.
+    """
+
+    #: URL schemes this transport serves through ``transport_from_url``.
+    url_schemes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -74,16 +70,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         super().__init__()
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
         self._forwarder = SubscriptionForwarder(
             max_frame_bytes=max_frame_bytes,
             max_outgoing_bytes=max_outgoing_bytes,
             outbox_limit=outbox_limit,
             on_listener_error=on_listener_error,
+            schedule=self._scheduler,
             send_hello=send_hello,
         )
-        self._forwarder.on_output = self._on_output
-        self._forwarder.on_pong = self._on_pong
-        self._forwarder.on_hub_error = self._on_hub_error
         self.connect_timeout = connect_timeout
         self._wait_connected = wait_connected
         self.backoff_initial = backoff_initial
@@ -92,27 +88,41 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._on_disconnect = on_disconnect
         self._on_error = on_error
         self._supervisor: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
-        self._disconnected.set()
+        self._wake = asyncio.Event()  # the writer's: the queue has frames
+        self._state_changed = asyncio.Event()  # replaced at every transition
         self._drained = asyncio.Event()
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
+        self._reported_bugs: set[type[BaseException]] = set()
         self.connect_attempts = 0
         self.last_error: BaseException | None = None
         self.connections_made = 0
 
-    # -- transport hook ------------------------------------------------------------
+    # -- for transports ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _open_link(self) -> SpokeLink:
-        """Open one link to the hub (raise ``ConnectionRefusedByHubError`` on refusal)."""
+    async def open_link(self) -> Link:
+        """Open one link to the hub.
+
+        Raise ``ConnectionRefusedByHubError`` when the hub refused this spoke,
+        another ``ConnectionError``/``OSError`` when it could not be reached;
+        the supervisor bounds the call by ``connect_timeout`` and retries with
+        backoff.
+        """
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """E6: the largest encoded envelope this spoke sends or accepts."""
+        return self._forwarder.max_frame_bytes
 
     # -- observability ---------------------------------------------------------------
 
     @property
+    def state(self) -> SpokeState:
+        return self._forwarder.state
+
+    @property
     def connected(self) -> bool:
-        return self._forwarder.connected
+        return self._forwarder.state is SpokeState.OPEN
 
     @property
     def spoke_id(self) -> str | None:
@@ -120,31 +130,58 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         return self._forwarder.spoke_id
 
     @property
-    def stats(self) -> Any:
+    def stats(self) -> ForwarderStats:
         return self._forwarder.stats
 
     @property
     def listener_errors(self) -> int:
         return self._forwarder.registry.listener_errors
 
+    def listener_count(self, topic: str) -> int:
+        """Local listeners registered for ``topic``."""
+        return self._forwarder.registry.count(topic)
+
     async def wait_connected(self, timeout: float | None = None) -> None:
-        async with asyncio.timeout(timeout):
-            await self._connected.wait()
+        await self._wait_until(lambda state: state is SpokeState.OPEN, timeout)
 
     async def wait_disconnected(self, timeout: float | None = None) -> None:
+        await self._wait_until(lambda state: state is not SpokeState.OPEN, timeout)
+
+    async def _wait_until(
+        self, condition: Callable[[SpokeState], bool], timeout: float | None
+    ) -> None:
         async with asyncio.timeout(timeout):
-            await self._disconnected.wait()
+            while not condition(self._forwarder.state):
+                if self._forwarder.state is SpokeState.CLOSED:
+                    raise TargetClosedError("target is closed")
+                await self._state_changed.wait()
+
+    def _changed(self) -> None:
+        """Wake everyone waiting for a state change (after each transition)."""
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
 
     # -- TypedEventTarget --------------------------------------------------------------
 
     def add_event_listener(self, topic: str, listener: Listener | None) -> None:
         self._forwarder.add_listener(topic, listener)
+        self._kick()
 
     def remove_event_listener(self, topic: str, listener: Listener | None) -> None:
         self._forwarder.remove_listener(topic, listener)
+        self._kick()
 
     def dispatch_event(self, event: Event) -> bool:
-        return self._forwarder.dispatch(event)
+        result = self._forwarder.dispatch(event)
+        self._kick()
+        return result
+
+    def _kick(self) -> None:
+        """Wake the writer if the forwarder queued output for the link."""
+        forwarder = self._forwarder
+        if forwarder.wants_write:
+            forwarder.wants_write = False
+            self._wake.set()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once the hub processed everything sent before (B4)."""
@@ -153,10 +190,11 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while not self._closed:
-                await self._connected.wait()
+                await self.wait_connected()
                 nonce = self._forwarder.new_ping()
                 if nonce is None:
                     continue
+                self._kick()
                 waiter: asyncio.Future[bool] = loop.create_future()
                 self._ping_waiters[nonce] = waiter
                 try:
@@ -197,6 +235,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         if not self._mark_closed():
             return
         self._forwarder.close()
+        self._changed()
         self._drained.set()
         self._resolve_pings(False)
         if self._supervisor is not None:
@@ -214,14 +253,19 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     async def _supervise(self) -> None:
         failures = 0
         loop = asyncio.get_running_loop()
+        forwarder = self._forwarder
         while not self._closed:
             self.connect_attempts += 1
+            forwarder.connecting()
+            self._changed()
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    link = await self._open_link()
+                    link = await self.open_link()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                forwarder.connection_lost()
+                self._changed()
                 self.last_error = exc
                 self._report(exc)
                 await asyncio.sleep(self.backoff_delay(failures))
@@ -235,22 +279,23 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             if isinstance(reason, ConnectionRefusedByHubError):
                 self.last_error = reason
                 self._report(reason)
+            elif reason is not None and not isinstance(reason, LINK_ERRORS):
+                self._report(reason)
             # A link that died at once counts as a failure: no tight reconnect loop.
             failures = 0 if loop.time() - up_since > self.backoff_max else failures + 1
-            self._notify_disconnect(reason)
+            call_user(self._on_disconnect, reason, log=logger)
             await asyncio.sleep(self.backoff_delay(failures - 1 if failures else 0))
 
-    async def _run_link(self, link: SpokeLink) -> BaseException | None:
+    async def _run_link(self, link: Link) -> BaseException | None:
+        """Serve one link until it ends; returns why it ended (None: normal close)."""
         forwarder = self._forwarder
         forwarder.connection_made()
-        self._disconnected.clear()
-        self._connected.set()
-        if self._on_connect is not None:
-            try:
-                self._on_connect()
-            except Exception:
-                logger.exception("on_connect raised")
-        writer = asyncio.ensure_future(self._write_loop(link))
+        self._changed()
+        self._kick()
+        call_user(self._on_connect, log=logger)
+        writer = asyncio.ensure_future(
+            write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
+        )
         reader = asyncio.ensure_future(self._read_loop(link))
         reason: BaseException | None = None
         try:
@@ -262,50 +307,36 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             writer.cancel()
             reader.cancel()
             await asyncio.gather(writer, reader, return_exceptions=True)
-            self._connected.clear()
-            forwarder.connection_lost()
+            if not self._closed:
+                forwarder.connection_lost()
+                self._changed()
             self._resolve_pings(False)
-            self._disconnected.set()
             await link.close()
         return reason
 
-    async def _write_loop(self, link: SpokeLink) -> None:
+    def _after_send(self) -> None:
+        if self._forwarder.drained():
+            self._drained.set()
+
+    async def _read_loop(self, link: Link) -> None:
         forwarder = self._forwarder
-        while True:
-            if not forwarder.has_output():
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            frames = forwarder.take_outgoing(WRITE_CHUNK_BYTES)
-            if forwarder.drained():
-                self._drained.set()
-            await link.send(frames)
-
-    async def _read_loop(self, link: SpokeLink) -> None:
-        receive = self._forwarder.receive
+        receive = forwarder.receive
         async for message in link.messages():
-            receive(message)
+            event = receive(message)
+            if event is not None:
+                self._handle(event)
+            if forwarder.wants_write:
+                self._kick()
 
-    # -- forwarder hooks ----------------------------------------------------------------
-
-    def _on_output(self) -> None:
-        self._wake.set()
-
-    def _on_pong(self, nonce: str) -> None:
-        waiter = self._ping_waiters.get(nonce)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    def _on_hub_error(self, envelope: EventEnvelope) -> None:
-        payload = envelope.payload if isinstance(envelope.payload, dict) else {}
-        topic = payload.get("topic")
-        self._report(
-            HubRefusalError(
-                str(payload.get("code", "unknown")),
-                str(payload.get("message", "")),
-                topic if isinstance(topic, str) else None,
-            )
-        )
+    def _handle(self, event: SpokeEvent) -> None:
+        if isinstance(event, Pong):
+            waiter = self._ping_waiters.get(event.nonce)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
+        elif isinstance(event, HubError):
+            self._report(HubRefusalError(event.code, event.message, event.topic))
+        elif isinstance(event, Welcome):
+            self._changed()
 
     def _resolve_pings(self, ok: bool) -> None:
         for waiter in self._ping_waiters.values():
@@ -313,17 +344,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 waiter.set_result(ok)
 
     def _report(self, exc: BaseException) -> None:
-        level = logging.WARNING if isinstance(exc, ConnectionRefusedByHubError) else logging.INFO
-        logger.log(level, "%s: %s", type(self).__name__, exc)
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception:
-                logger.exception("on_error raised")
+        """Log and pass to ``on_error``. Network conditions are logged briefly;
+        anything else is a bug and is logged once with its traceback."""
+        if isinstance(exc, ConnectionRefusedByHubError | HubRefusalError):
+            logger.warning("%s: %s", type(self).__name__, exc)
+        elif isinstance(exc, LINK_ERRORS):
+            logger.info("%s: %s", type(self).__name__, exc)
+        elif type(exc) not in self._reported_bugs:
+            self._reported_bugs.add(type(exc))
+            logger.error("%s: unexpected error", type(self).__name__, exc_info=exc)
+        call_user(self._on_error, exc, log=logger)
 
-    def _notify_disconnect(self, reason: BaseException | None) -> None:
-        if self._on_disconnect is not None:
-            try:
-                self._on_disconnect(reason)
-            except Exception:
-                logger.exception("on_disconnect raised")
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._forwarder.state.value} id={self.spoke_id}>"

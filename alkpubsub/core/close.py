@@ -1,0 +1,23 @@
+"""Close codes: the WebSocket codes (RFC 6455) that alkpubsub uses on every
+transport (Iroh carries them as QUIC application close codes), and its own."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["NORMAL_CLOSE_CODES", "CloseCode"]
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the hub is shutting down
+    PROTOCOL_ERROR = 1002  # framing violation (F2), handshake failure
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008  # refused peer (Iroh allow-list), too many invalid frames
+    MESSAGE_TOO_BIG = 1009  # E6
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # slow consumer cut off (B8)
+
+
+#: Closes that are not an error: ``on_disconnect`` receives ``None`` for them.
+NORMAL_CLOSE_CODES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})

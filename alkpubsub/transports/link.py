@@ -1,0 +1,89 @@
+"""What a transport implements: a ``Link``, one live connection that moves
+frames. Everything else (subscriptions, reconnects, backpressure, relaying)
+lives in ``SpokeTarget``/``HubTarget`` and the core.
+
+A link's contract:
+
+- ``send(frames)`` writes encoded envelopes in order (it may coalesce them)
+  and returns once the transport accepted them under its flow control; it
+  raises ``ConnectionError`` (or a subclass) when the link is gone.
+- ``messages()`` yields whole received messages (one envelope each). It ends
+  normally when the peer closed with a normal code (1000/1001), raises
+  ``LinkClosedError(code)`` for another close code, ``FramingError`` for a
+  framing violation (the shell then closes the link with its ``close_code``),
+  and ``ConnectionError`` when the connection broke without a close.
+- ``transport_buffered()`` is how many written bytes still sit below (socket
+  buffers); 0 where ``send`` only returns once they left.
+- ``close(code, reason)`` closes the connection and never raises.
+
+Any other exception from a link is a bug: the shells log it with its
+traceback and report it to ``on_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Protocol, runtime_checkable
+
+from ..core.close import CloseCode
+from ..core.errors import FramingError
+
+__all__ = ["LINK_ERRORS", "WRITE_CHUNK_BYTES", "Link", "SyncWritableLink", "write_loop"]
+
+#: Bytes handed to a link per ``send``: large enough to coalesce, small
+#: enough that one write does not monopolise the loop.
+WRITE_CHUNK_BYTES: Final = 256 * 1024
+
+#: What a link raises when the network, not our code, failed.
+LINK_ERRORS: Final = (ConnectionError, OSError, TimeoutError, FramingError)
+
+
+class Link(Protocol):
+    """One live connection, as a hub or a spoke sees it."""
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Write frames in order (may coalesce); raise when the link is gone."""
+
+    def messages(self) -> AsyncIterator[bytes | str]:
+        """Whole received messages until the link ends."""
+
+    def transport_buffered(self) -> int:
+        """Bytes written but still queued below us (socket/stream buffers)."""
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close the connection with ``code``; never raises."""
+
+
+@runtime_checkable
+class SyncWritableLink(Link, Protocol):
+    """A link that can also write without awaiting while its transport is not
+    flow-controlled (what ``websockets.broadcast`` relies on). A hub then writes
+    at the end of the loop iteration in which frames were queued, instead of
+    waking a writer task per frame."""
+
+    def writable_now(self) -> bool: ...
+
+    def write_nowait(self, frames: list[bytes]) -> None: ...
+
+
+async def write_loop(
+    link: Link,
+    wake: asyncio.Event,
+    take: Callable[[int], list[bytes]],
+    after_send: Callable[[], None],
+) -> None:
+    """The one writer loop of every link: sleep until ``wake`` is set, send up
+    to ``WRITE_CHUNK_BYTES`` of what ``take`` returns, report, repeat.
+
+    ``take`` returning nothing means the queue is empty: the loop sleeps again.
+    Runs until the link raises (the caller cancels it otherwise).
+    """
+    while True:
+        frames = take(WRITE_CHUNK_BYTES)
+        if not frames:
+            wake.clear()
+            await wake.wait()
+            continue
+        await link.send(frames)
+        after_send()
