@@ -11,14 +11,14 @@ from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
-from .core.envelope import Event, EventEnvelope, is_control_type, make_event, validate_type
-from .core.errors import ReservedTypeError, SubscriptionOverflowError
+from .core.envelope import Event, EventEnvelope, make_event, make_topic
+from .core.errors import SubscriptionOverflowError
 from .target import TypedEventTarget
 from .transports.memory import MemoryEventTarget
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Overflow", "PubSub", "Subscription", "create_pubsub"]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
 Overflow = Literal["raise", "drop_oldest", "drop_newest"]
 DEFAULT_MAX_BUFFER = 1000
@@ -235,13 +235,8 @@ class PubSub:
         overflow: Overflow = "raise",
     ) -> Subscription[Any]:
         """Iterate envelopes of topic ``type:id``; see ``Subscription``."""
-        validate_type(type)
-        if is_control_type(type):
-            raise ReservedTypeError(f"event type {type!r} is reserved for control frames")
-        if not isinstance(id, str):
-            raise TypeError(f"id must be a str, not {id.__class__.__name__}")
         return Subscription(
-            self.target, f"{type}:{id}", model=model, max_buffer=max_buffer, overflow=overflow
+            self.target, make_topic(type, id), model=model, max_buffer=max_buffer, overflow=overflow
         )
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -8,6 +8,7 @@ import gc
 import pytest
 
 from alkpubsub import (
+    InvalidTopicError,
     Listener,
     MemoryEventTarget,
     ReservedTypeError,
@@ -125,8 +126,12 @@ async def test_subscribe_argument_errors() -> None:
         pubsub.subscribe("t", "1", max_buffer=0)
     with pytest.raises(ValueError, match="overflow"):
         pubsub.subscribe("t", "1", overflow="block")  # type: ignore[call-overload]
-    with pytest.raises(TypeError):
-        pubsub.subscribe("t", 1)  # type: ignore[call-overload]
+    # One mistake, one exception, whether publishing or subscribing.
+    for call in (pubsub.subscribe, pubsub.publish):
+        with pytest.raises(InvalidTopicError, match="id must be a str"):
+            call("t", 1)  # type: ignore[operator]
+        with pytest.raises(InvalidTopicError, match="invalid event type"):
+            call("a b", "1")
 
 
 async def test_pubsub_context_manager_closes_target() -> None:

@@ -11,6 +11,7 @@ from typing import Final
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from .close import CloseCode
 from .envelope import EventEnvelope
 from .errors import DecodeError, FrameTooLargeError, FramingError, InvalidEnvelopeError
 
@@ -108,7 +109,7 @@ class FrameDecoder:
                 kind = "zero-length frame" if size == 0 else f"frame of {size} bytes"
                 raise FramingError(
                     f"{kind} violates framing (max_frame_bytes={limit})",
-                    close_code=1002 if size == 0 else 1009,
+                    close_code=CloseCode.PROTOCOL_ERROR if size == 0 else CloseCode.MESSAGE_TOO_BIG,
                 )
             start = offset + LENGTH_PREFIX_BYTES
             if end - start < size:

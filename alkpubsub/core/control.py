@@ -8,6 +8,7 @@ from .envelope import EventEnvelope, validate_topic
 from .errors import InvalidTopicError
 
 __all__ = [
+    "CLOSE",
     "ERROR",
     "FORBIDDEN",
     "HELLO",
@@ -18,6 +19,8 @@ __all__ = [
     "UNSUBSCRIBE",
     "TOO_MANY_TOPICS",
     "WELCOME",
+    "close",
+    "close_fields",
     "error",
     "error_fields",
     "hello",
@@ -39,6 +42,7 @@ WELCOME: Final = "__welcome"
 PING: Final = "__ping"
 PONG: Final = "__pong"
 ERROR: Final = "__error"
+CLOSE: Final = "__close"
 
 # Error codes carried by ``__error`` frames.
 FORBIDDEN: Final = "forbidden"
@@ -81,6 +85,12 @@ def error(code: str, message: str, topic: str | None = None) -> EventEnvelope:
     return _control(ERROR, payload)
 
 
+def close(code: int, reason: str) -> EventEnvelope:
+    """Announces why the sender is about to close the connection, for links
+    that cannot carry a close code themselves (byte streams, pipes)."""
+    return _control(CLOSE, {"code": int(code), "reason": reason})
+
+
 def subscription_topic(envelope: EventEnvelope) -> str | None:
     """The valid topic of a ``__subscribe``/``__unsubscribe`` frame, or None (C1)."""
     payload = envelope.payload
@@ -104,6 +114,18 @@ def error_fields(envelope: EventEnvelope) -> tuple[str, str, str | None]:
         str(payload.get("message", "")),
         topic if isinstance(topic, str) else None,
     )
+
+
+def close_fields(envelope: EventEnvelope) -> tuple[int, str] | None:
+    """``(code, reason)`` of a ``__close`` frame, or None when malformed."""
+    payload = envelope.payload
+    if not isinstance(payload, dict):
+        return None
+    code = payload.get("code")
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 4999:
+        return None
+    reason = payload.get("reason")
+    return code, reason if isinstance(reason, str) else ""
 
 
 def welcome_spoke_id(envelope: EventEnvelope) -> str | None:

@@ -15,6 +15,7 @@ __all__ = [
     "EventEnvelope",
     "is_control_type",
     "make_event",
+    "make_topic",
     "split_topic",
     "validate_topic",
     "validate_type",
@@ -117,8 +118,9 @@ class Event:
 _new_event = object.__new__
 
 
-def make_event(type: str, id: str, payload: Any = None) -> Event:
-    """Build a validated user event; raises before anything could be sent (E3, E4)."""
+def make_topic(type: str, id: str) -> str:
+    """The topic ``type:id`` of a user event, validated as ``make_event`` does
+    (E3, E4): the one check behind publishing and subscribing."""
     validate_type(type)
     if is_control_type(type):
         raise ReservedTypeError(
@@ -126,6 +128,12 @@ def make_event(type: str, id: str, payload: Any = None) -> Event:
         )
     if not isinstance(id, str):
         raise InvalidTopicError(f"event id must be a str, not {type_name(id)}")
+    return f"{type}:{id}"
+
+
+def make_event(type: str, id: str, payload: Any = None) -> Event:
+    """Build a validated user event; raises before anything could be sent (E3, E4)."""
+    make_topic(type, id)
     try:
         envelope = EventEnvelope(type=type, id=id, payload=payload)
     except ValidationError as exc:  # pragma: no cover - type and id were checked above

@@ -6,6 +6,8 @@ can catch them generically; runtime conditions (closed, backpressure) are not.
 
 from __future__ import annotations
 
+from .close import CloseCode
+
 __all__ = [
     "AlkPubSubError",
     "BackpressureError",
@@ -57,10 +59,11 @@ class DecodeError(AlkPubSubError, ValueError):
 class FramingError(AlkPubSubError, ValueError):
     """A byte stream broke the framing rules (SPEC F2); the connection must close.
 
-    ``close_code`` is the application close code to use (1009 too big, 1002 other).
+    ``close_code`` is the close code to use (``MESSAGE_TOO_BIG`` for an oversized
+    frame, ``PROTOCOL_ERROR`` otherwise).
     """
 
-    def __init__(self, message: str, close_code: int = 1002) -> None:
+    def __init__(self, message: str, close_code: int = CloseCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.close_code = close_code
 
@@ -100,8 +103,9 @@ class ConnectionRefusedByHubError(AlkPubSubError, ConnectionError):
 
 class LinkClosedError(AlkPubSubError, ConnectionError):
     """The other side closed the connection with a code other than a normal
-    close: 1013 (slow consumer, B8), 1009/1002/1007 (protocol violation), or an
-    application's own. Passed to a spoke's ``on_disconnect``."""
+    close: ``TRY_AGAIN_LATER`` (slow consumer, B8), a protocol violation
+    (``MESSAGE_TOO_BIG``, ``PROTOCOL_ERROR``, ``INVALID_DATA``), or an
+    application's own code. Passed to a spoke's ``on_disconnect``."""
 
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(

@@ -25,6 +25,7 @@ from .queue import ControlFrame, FrameQueue
 
 __all__ = [
     "DEFAULT_MAX_OUTGOING_BYTES",
+    "Closing",
     "DEFAULT_OUTBOX_LIMIT",
     "ForwarderStats",
     "HubError",
@@ -71,7 +72,15 @@ class HubError:
     topic: str | None
 
 
-SpokeEvent = Pong | Welcome | HubError
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The hub announced that it is closing the link, and why (``__close``)."""
+
+    code: int
+    reason: str
+
+
+SpokeEvent = Pong | Welcome | HubError | Closing
 
 
 @dataclass
@@ -276,6 +285,11 @@ class SubscriptionForwarder:
             self.stats.hub_errors += 1
             code, message, topic = control.error_fields(envelope)
             return HubError(code, message, topic)
+        elif kind == control.CLOSE:
+            fields = control.close_fields(envelope)
+            if fields is not None:
+                return Closing(*fields)
+            self.stats.invalid_frames += 1
         else:
             self.stats.unknown_control += 1  # C2: forward compatibility
         return None

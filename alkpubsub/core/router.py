@@ -133,7 +133,7 @@ class HubConnection:
         # Bytes the shell reports as still sitting in the socket/stream buffers.
         self.transport_buffered = 0
         self.state = ConnectionState.OPEN
-        self.close_code: CloseCode | None = None
+        self.close_code: CloseCode | int | None = None
         self.close_reason = ""
         #: What was buffered for it when the router cut it off (for on_backpressure).
         self.buffered_at_cut = 0
@@ -330,19 +330,27 @@ class HubRouter:
             if queue.nbytes + conn.transport_buffered > limit:
                 self._cut_slow(conn)
 
+    def close_connection(self, conn: HubConnection, code: CloseCode | int, reason: str) -> None:
+        """Cut ``conn`` off with ``code`` (``disconnect_peer``, hub shutdown)."""
+        if conn.state is ConnectionState.OPEN:
+            self._cut(conn, code, reason)
+
     def _cut_slow(self, conn: HubConnection) -> None:
         if conn.state is not ConnectionState.OPEN:
             return
         self.stats.backpressure_disconnects += 1
         self._cut(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer: too much buffered")
 
-    def _cut(self, conn: HubConnection, code: CloseCode, reason: str) -> None:
+    def _cut(self, conn: HubConnection, code: CloseCode | int, reason: str) -> None:
         """Stop serving ``conn`` and ask the shell to close its link."""
         conn.state = ConnectionState.CLOSING
         conn.close_code = code
         conn.close_reason = reason
         conn.buffered_at_cut = conn.buffered_bytes
-        conn.queue.clear()  # nothing more is written to it
+        # What was queued is dropped; only the announcement of the close is
+        # written, so that links without close codes tell the reason too.
+        conn.queue.clear()
+        conn.queue.push(ControlFrame(encode_envelope(control.close(code, reason))))
         self.cuts.append(conn)
 
     # -- what the shell pulls ------------------------------------------------------

@@ -3,20 +3,62 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from ..core.router import Peer
 from ..target import TypedEventTarget
 from ..transports.memory import MemoryEventTarget
 
 __all__ = [
     "BusHarness",
     "HubAndSpokesBus",
+    "HubLike",
     "IrohBus",
     "MemoryBus",
     "MixedBus",
+    "SpokeLike",
     "StalledSubscriber",
     "WebSocketBus",
 ]
+
+
+class _SpokeStats(Protocol):
+    @property
+    def received_events(self) -> int:
+        """Data frames received, counted before any listener lookup."""
+
+
+class _HubStats(Protocol):
+    @property
+    def backpressure_disconnects(self) -> int:
+        """Connections cut off for being too slow (B8)."""
+
+
+@runtime_checkable
+class SpokeLike(TypedEventTarget, Protocol):
+    """What the hub suites need of a spoke (``SpokeTarget`` provides it)."""
+
+    @property
+    def spoke_id(self) -> str | None: ...
+
+    @property
+    def stats(self) -> _SpokeStats: ...
+
+    async def wait_connected(self, timeout: float | None = None) -> None: ...
+
+    async def wait_disconnected(self, timeout: float | None = None) -> None: ...
+
+
+@runtime_checkable
+class HubLike(TypedEventTarget, Protocol):
+    """What the hub suites need of a hub (``HubTarget`` provides it)."""
+
+    @property
+    def stats(self) -> _HubStats: ...
+
+    def subscribers(self, topic: str) -> list[Peer]: ...
+
+    async def disconnect_peer(self, spoke_id: str, code: int = ..., reason: str = "") -> bool: ...
 
 
 class BusHarness(abc.ABC):
@@ -30,10 +72,6 @@ class BusHarness(abc.ABC):
 
     #: A short name for test ids.
     name: str = "bus"
-    #: Targets encode envelopes (so E6 limits apply).
-    encodes: bool = False
-    #: The bus has a hub as targets[0] (E5, B12 apply).
-    has_hub: bool = False
 
     @abc.abstractmethod
     async def open(self, n: int, **options: Any) -> list[TypedEventTarget]: ...
@@ -71,9 +109,6 @@ class HubAndSpokesBus(BusHarness):
     Subclasses say how to build the hub and a spoke for it. ``open`` options
     prefixed ``hub_`` or ``spoke_`` go to one side; ``on_listener_error`` to both.
     """
-
-    encodes = True
-    has_hub = True
 
     def __init__(self) -> None:
         self.hubs: list[Any] = []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from ..core.close import CloseCode
 from ..core.envelope import Event, EventEnvelope, make_event
 from ..core.errors import (
     InvalidTopicError,
@@ -22,7 +23,7 @@ from ..core.errors import (
 )
 from ..pubsub import create_pubsub
 from ..target import TypedEventTarget
-from .harness import BusHarness
+from .harness import BusHarness, HubLike, SpokeLike
 from .helpers import Recorder, publish_all, within
 
 __all__ = ["CoreConformance", "HubConformance", "ReconnectConformance"]
@@ -31,6 +32,15 @@ __all__ = ["CoreConformance", "HubConformance", "ReconnectConformance"]
 async def _flush_all(targets: list[TypedEventTarget]) -> None:
     for target in dict.fromkeys(targets):  # same object may appear more than once
         await within(target.flush())
+
+
+async def _open_hub(bus: BusHarness, n: int, **options: Any) -> tuple[HubLike, list[SpokeLike]]:
+    """Open a bus whose ``targets[0]`` is a hub and the rest its spokes."""
+    hub, *others = await bus.open(n, **options)
+    assert isinstance(hub, HubLike), f"{type(hub).__name__} lacks the hub API (HubLike)"
+    spokes = [spoke for spoke in others if isinstance(spoke, SpokeLike)]
+    assert len(spokes) == len(others), "every other target must be a spoke (SpokeLike)"
+    return hub, spokes
 
 
 class _Point(BaseModel):
@@ -320,11 +330,11 @@ class HubConformance:
     async def test_e5_direct_messages_reach_only_their_spoke(self, bus: BusHarness) -> None:
         """E5/B12: direct:<spoke_id> is for that spoke; others may not subscribe."""
         errors: list[BaseException] = []
-        hub, alice, bob = await bus.open(3, spoke_on_error=errors.append)
+        hub, (alice, bob) = await _open_hub(bus, 3, spoke_on_error=errors.append)
         await _flush_all([alice, bob])
-        alice_id = alice.spoke_id  # type: ignore[attr-defined]
+        alice_id = alice.spoke_id
         assert alice_id
-        assert alice_id != bob.spoke_id  # type: ignore[attr-defined]
+        assert alice_id != bob.spoke_id
         to_alice, eavesdrop, sentinel = Recorder("alice"), Recorder("bob"), Recorder("sentinel")
         alice.add_event_listener(f"direct:{alice_id}", to_alice)
         bob.add_event_listener(f"direct:{alice_id}", eavesdrop)
@@ -343,7 +353,9 @@ class HubConformance:
         """E6: hub and spoke raise FrameTooLargeError instead of sending."""
         from ..core.errors import FrameTooLargeError
 
-        hub, spoke = await bus.open(2, hub_max_frame_bytes=1000, spoke_max_frame_bytes=1000)
+        hub, (spoke,) = await _open_hub(
+            bus, 2, hub_max_frame_bytes=1000, spoke_max_frame_bytes=1000
+        )
         rec = Recorder()
         spoke.add_event_listener("e6:t", rec)
         await within(spoke.flush())
@@ -356,7 +368,7 @@ class HubConformance:
 
     async def test_b2_hub_writes_only_subscribed_topics(self, bus: BusHarness) -> None:
         """B2 on the wire: an unsubscribed topic is never written to a spoke."""
-        hub, watcher, publisher = await bus.open(3)
+        hub, (watcher, publisher) = await _open_hub(bus, 3)
         rec = Recorder()
         watcher.add_event_listener("b2w:yes", rec)
         await _flush_all([watcher, publisher])
@@ -365,12 +377,12 @@ class HubConformance:
             publisher.dispatch_event(make_event("b2w", "no", i))
         hub.dispatch_event(make_event("b2w", "yes"))
         await rec.wait_for_count(1)
-        assert watcher.stats.received_events == 1  # type: ignore[attr-defined]
+        assert watcher.stats.received_events == 1
 
     async def test_b5_hub_stops_sending_after_unsubscribe(self, bus: BusHarness) -> None:
         """B5 on the wire: after the last listener is removed and flush()
         returns, the hub sends no frame of that topic to the spoke."""
-        hub, spoke = await bus.open(2)
+        hub, (spoke,) = await _open_hub(bus, 2)
         rec, sentinel = Recorder(), Recorder("sentinel")
         spoke.add_event_listener("b5w:t", rec)
         spoke.add_event_listener("b5w:sentinel", sentinel)
@@ -379,29 +391,29 @@ class HubConformance:
         await rec.wait_for_count(1)
         spoke.remove_event_listener("b5w:t", rec)
         await within(spoke.flush())
-        assert hub.subscribers("b5w:t") == []  # type: ignore[attr-defined]
+        assert hub.subscribers("b5w:t") == []
         for i in range(5):
             hub.dispatch_event(make_event("b5w", "t", i))
         hub.dispatch_event(make_event("b5w", "sentinel"))
         await sentinel.wait_for_count(1)
-        assert spoke.stats.received_events == 2  # type: ignore[attr-defined]
+        assert spoke.stats.received_events == 2
 
     async def test_b6_one_hub_subscription_per_spoke_and_topic(self, bus: BusHarness) -> None:
         """B6: many listeners of one spoke make one subscription on the hub,
         released only with the last listener."""
-        hub, spoke = await bus.open(2)
+        hub, (spoke,) = await _open_hub(bus, 2)
         listeners = [Recorder(f"l{i}") for i in range(3)]
         for listener in listeners:
             spoke.add_event_listener("b6w:t", listener)
         await within(spoke.flush())
-        assert len(hub.subscribers("b6w:t")) == 1  # type: ignore[attr-defined]
+        assert len(hub.subscribers("b6w:t")) == 1
         for listener in listeners[:2]:
             spoke.remove_event_listener("b6w:t", listener)
         await within(spoke.flush())
-        assert len(hub.subscribers("b6w:t")) == 1  # type: ignore[attr-defined]
+        assert len(hub.subscribers("b6w:t")) == 1
         spoke.remove_event_listener("b6w:t", listeners[2])
         await within(spoke.flush())
-        assert hub.subscribers("b6w:t") == []  # type: ignore[attr-defined]
+        assert hub.subscribers("b6w:t") == []
 
     @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
     async def test_b12_authorize_refuses_subscribe_and_publish(
@@ -418,7 +430,8 @@ class HubConformance:
             return decide(peer, action, topic)
 
         errors: list[BaseException] = []
-        hub, spoke, other = await bus.open(
+        hub, (spoke, other) = await _open_hub(
+            bus,
             3,
             hub_authorize=decide_async if asynchronous else decide,
             spoke_on_error=errors.append,
@@ -441,13 +454,14 @@ class HubConformance:
 
     async def test_b8_slow_consumer_is_cut_off_others_unaffected(self, bus: BusHarness) -> None:
         """B8: past max_buffered_bytes the hub calls on_backpressure and closes
-        that connection with 1013; a healthy spoke gets every event in order."""
+        that connection with TRY_AGAIN_LATER; a healthy spoke gets every event in order."""
         from .harness import HubAndSpokesBus
 
         assert isinstance(bus, HubAndSpokesBus)
         reported: list[tuple[Any, int]] = []
         limit = 256 * 1024
-        hub, healthy = await bus.open(
+        hub, (healthy,) = await _open_hub(
+            bus,
             2,
             hub_max_buffered_bytes=limit,
             hub_on_backpressure=lambda peer, nbytes: reported.append((peer, nbytes)),
@@ -469,21 +483,21 @@ class HubConformance:
         await received.wait_for_count(sent, timeout=60)
         assert len(reported) == 1, f"backpressure reported {len(reported)} times after {sent}"
         assert reported[0][1] > limit
-        assert hub.stats.backpressure_disconnects == 1  # type: ignore[attr-defined]
+        assert hub.stats.backpressure_disconnects == 1
         assert [event.detail.payload["i"] for event in received.events] == list(range(sent))
-        assert await within(stalled.close_code(), 30) == 1013
+        assert await within(stalled.close_code(), 30) == CloseCode.TRY_AGAIN_LATER
         await stalled.aclose()
 
     async def test_b11_closing_the_hub(self, bus: BusHarness) -> None:
         """B11 on the hub: aclose() is idempotent, disconnects every spoke, ends
         the hub's subscribe() iterators; then dispatch raises, add/remove are
         no-ops."""
-        hub, spoke = await bus.open(2, spoke_backoff_initial=5, spoke_backoff_max=5)
+        hub, (spoke,) = await _open_hub(bus, 2, spoke_backoff_initial=5, spoke_backoff_max=5)
         await within(spoke.flush())
         subscription = create_pubsub(hub).subscribe("b11h", "t")
         await within(hub.aclose())
         await within(hub.aclose())
-        await within(spoke.wait_disconnected())  # type: ignore[attr-defined]
+        await within(spoke.wait_disconnected())
         assert [envelope async for envelope in subscription] == []
         with pytest.raises(TargetClosedError):
             hub.dispatch_event(make_event("b11h", "t"))
@@ -501,23 +515,25 @@ class ReconnectConformance:
         from .harness import HubAndSpokesBus
 
         assert isinstance(bus, HubAndSpokesBus)
-        hub, alice, bob = await bus.open(3, spoke_backoff_initial=0.05, spoke_backoff_max=0.5)
+        hub, (alice, bob) = await _open_hub(
+            bus, 3, spoke_backoff_initial=0.05, spoke_backoff_max=0.5
+        )
         alice_heard, bob_heard = Recorder("alice"), Recorder("bob")
         alice.add_event_listener("b7:t", alice_heard)
         bob.add_event_listener("b7:t", bob_heard)
         await _flush_all([alice, bob])
 
         async def while_down() -> None:
-            await within(alice.wait_disconnected())  # type: ignore[attr-defined]
-            await within(bob.wait_disconnected())  # type: ignore[attr-defined]
+            await within(alice.wait_disconnected())
+            await within(bob.wait_disconnected())
             for i in range(3):
                 alice.dispatch_event(make_event("b7", "t", f"offline-{i}"))
 
         new_hub = await bus.restart_hub(hub, before_start=while_down)
         hub_heard = Recorder("hub")
         new_hub.add_event_listener("b7:t", hub_heard)
-        await within(alice.wait_connected())  # type: ignore[attr-defined]
-        await within(bob.wait_connected())  # type: ignore[attr-defined]
+        await within(alice.wait_connected())
+        await within(bob.wait_connected())
         expected = [f"offline-{i}" for i in range(3)]
         # alice resubscribed before sending her outbox, so she hears herself.
         await alice_heard.wait_until(lambda r: r.payloads == expected)
@@ -538,14 +554,15 @@ class ReconnectConformance:
             reasons.append(reason)
             lost.set()
 
-        hub, spoke = await bus.open(
-            2, spoke_on_disconnect=on_disconnect, spoke_backoff_initial=0.05
+        hub, (spoke,) = await _open_hub(
+            bus, 2, spoke_on_disconnect=on_disconnect, spoke_backoff_initial=0.05
         )
         await within(spoke.flush())
-        spoke_id = spoke.spoke_id  # type: ignore[attr-defined]
-        assert await within(hub.disconnect_peer(spoke_id, 4001, "maintenance"))  # type: ignore[attr-defined]
+        spoke_id = spoke.spoke_id
+        assert spoke_id is not None
+        assert await within(hub.disconnect_peer(spoke_id, 4001, "maintenance"))
         await within(lost.wait())
         assert isinstance(reasons[0], LinkClosedError)
         assert reasons[0].code == 4001
-        await within(spoke.wait_connected())  # type: ignore[attr-defined]
+        await within(spoke.wait_connected())
         await within(spoke.flush())

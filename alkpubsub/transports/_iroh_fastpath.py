@@ -28,7 +28,7 @@ from typing import Any, Final
 
 __all__ = ["CHECKED_IROH_VERSION", "ENV_SWITCH", "fast_write_active", "install_fast_write"]
 
-logger = logging.getLogger("alkpubsub")
+logger = logging.getLogger(__name__)
 
 CHECKED_IROH_VERSION: Final = "1.2.0"
 ENV_SWITCH: Final = "ALKPUBSUB_IROH_FAST_WRITE"

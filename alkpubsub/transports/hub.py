@@ -59,12 +59,13 @@ class Acceptor(Protocol):
 class _Served:
     """The shell's side of one served connection."""
 
-    __slots__ = ("conn", "link", "scheduled", "sync_link", "tasks", "wake")
+    __slots__ = ("closing", "conn", "link", "scheduled", "sync_link", "tasks", "wake")
 
     def __init__(self, conn: HubConnection, link: Link) -> None:
         self.conn = conn
         self.link = link
         self.tasks: tuple[asyncio.Task[None], ...] = ()  # reader and writer
+        self.closing: asyncio.Task[None] | None = None  # the hub closing the link
         self.wake = asyncio.Event()  # the writer task's
         self.scheduled = False  # a write at the end of this loop iteration is due
         self.sync_link = link if isinstance(link, SyncWritableLink) else None
@@ -85,8 +86,12 @@ class HubTarget(BaseEventTarget):
         on_disconnection: Callable[[Peer], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
+        close_timeout: float = 2.0,
     ) -> None:
         super().__init__()
+        if close_timeout <= 0:
+            raise ValueError("close_timeout must be positive")
+        self.close_timeout = close_timeout
         self.router = HubRouter(
             max_frame_bytes=max_frame_bytes,
             max_buffered_bytes=max_buffered_bytes,
@@ -156,9 +161,12 @@ class HubTarget(BaseEventTarget):
         """Close one spoke's connection (it will reconnect if it wants to)."""
         conn = self.router.connections.get(spoke_id)
         served = None if conn is None else self._served.get(conn)
-        if served is None:
+        if served is None or conn is None:
             return False
-        await served.link.close(code, reason or "disconnected by the hub")
+        self.router.close_connection(conn, code, reason or "disconnected by the hub")
+        self._service()
+        if served.closing is not None:
+            await asyncio.shield(served.closing)
         return True
 
     # -- TypedEventTarget -------------------------------------------------------------
@@ -192,11 +200,11 @@ class HubTarget(BaseEventTarget):
             return
         for acceptor in self._acceptors:
             await acceptor.stop()
-        closing = [
-            served.link.close(CloseCode.GOING_AWAY, "hub closing")
-            for served in self._served.values()
-        ]
-        await asyncio.gather(*closing)
+        for conn in list(self._served):
+            self.router.close_connection(conn, CloseCode.GOING_AWAY, "hub closing")
+        self._service()
+        closing = [served.closing for served in self._served.values() if served.closing]
+        await asyncio.gather(*closing, return_exceptions=True)
         for task in list(self._io_tasks):
             task.cancel()
         # Every serve_link returns once its reader and writer are gone.
@@ -239,23 +247,26 @@ class HubTarget(BaseEventTarget):
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for task in (reader, writer):
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    await self._link_failed(link, task.exception())
+                    self._link_failed(conn, task.exception())
         finally:
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
+            if served.closing is not None:  # the hub is closing it: let it finish
+                await asyncio.gather(served.closing, return_exceptions=True)
             self._forget(conn)
             done.set_result(None)
             self._serving.discard(done)
 
-    async def _link_failed(self, link: Link, error: BaseException | None) -> None:
+    def _link_failed(self, conn: HubConnection, error: BaseException | None) -> None:
         if isinstance(error, FramingError):
             # B10: a framing violation closes only this connection.
             self.router.stats.invalid_frames += 1
-            await link.close(error.close_code, str(error))
+            self.router.close_connection(conn, error.close_code, str(error))
         elif error is not None and not isinstance(error, LINK_ERRORS):
             self._report_bug(error)
-            await link.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self.router.close_connection(conn, CloseCode.INTERNAL_ERROR, "internal error")
+        self._service()
 
     def _forget(self, conn: HubConnection) -> None:
         """Stop serving ``conn`` without closing its link (idempotent)."""
@@ -322,12 +333,31 @@ class HubTarget(BaseEventTarget):
             self._service()
 
     def _cut(self, conn: HubConnection) -> None:
-        """The router cut ``conn`` off (B8): report it, then close its link."""
+        """The router cut ``conn`` off (B8, disconnect_peer, hub closing):
+        report a slow consumer, then close its link."""
         if conn.close_code is CloseCode.TRY_AGAIN_LATER:
             call_user(self._on_backpressure, conn.peer, conn.buffered_at_cut, log=logger)
         served = self._served.get(conn)
-        if served is not None:
-            self.spawn(served.link.close(conn.close_code or CloseCode.NORMAL, conn.close_reason))
+        if served is not None and served.closing is None:
+            served.closing = self.spawn(self._close_link(served))
+
+    async def _close_link(self, served: _Served) -> None:
+        """Stop the writer, send what the router left queued (the ``__close``
+        announcement), then close the link with the router's code; bounded by
+        ``close_timeout`` for a peer that stopped reading."""
+        conn, link = served.conn, served.link
+        writer = served.tasks[1] if len(served.tasks) > 1 else None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        frames = self.router.take_outgoing(conn)
+        if frames:
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    await link.send(frames)
+            except LINK_ERRORS:
+                pass  # the close below still tells the reason where the link can
+        await link.close(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
     async def _read_loop(self, conn: HubConnection, link: Link) -> None:
         router = self.router

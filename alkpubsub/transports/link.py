@@ -8,7 +8,7 @@ A link's contract:
   and returns once the transport accepted them under its flow control; it
   raises ``ConnectionError`` (or a subclass) when the link is gone.
 - ``messages()`` yields whole received messages (one envelope each). It ends
-  normally when the peer closed with a normal code (1000/1001), raises
+  normally when the peer closed with a normal code (``NORMAL_CLOSE_CODES``), raises
   ``LinkClosedError(code)`` for another close code, ``FramingError`` for a
   framing violation (the shell then closes the link with its ``close_code``),
   and ``ConnectionError`` when the connection broke without a close.

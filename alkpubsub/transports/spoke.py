@@ -15,16 +15,19 @@ import random
 from collections.abc import Callable
 from typing import ClassVar
 
+from ..core.close import NORMAL_CLOSE_CODES
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES
 from ..core.envelope import Event
 from ..core.errors import (
     ConnectionRefusedByHubError,
     HubRefusalError,
+    LinkClosedError,
     TargetClosedError,
 )
 from ..core.forwarder import (
     DEFAULT_MAX_OUTGOING_BYTES,
     DEFAULT_OUTBOX_LIMIT,
+    Closing,
     ForwarderStats,
     HubError,
     Pong,
@@ -93,6 +96,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._drained = asyncio.Event()
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
         self._reported_bugs: set[type[BaseException]] = set()
+        self._announced_close: Closing | None = None  # the hub's __close on this link
         self.connect_attempts = 0
         self.last_error: BaseException | None = None
         self.connections_made = 0
@@ -289,6 +293,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     async def _run_link(self, link: Link) -> BaseException | None:
         """Serve one link until it ends; returns why it ended (None: normal close)."""
         forwarder = self._forwarder
+        self._announced_close = None
         forwarder.connection_made()
         self._changed()
         self._kick()
@@ -303,6 +308,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     reason = task.exception()
+            reason = self._announced_reason(reason)
         finally:
             writer.cancel()
             reader.cancel()
@@ -313,6 +319,18 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._resolve_pings(False)
             await link.close()
         return reason
+
+    def _announced_reason(self, reason: BaseException | None) -> BaseException | None:
+        """A link that cannot carry a close code (or lost it behind unread data)
+        still tells why it ended: the hub announced it with ``__close``."""
+        announced = self._announced_close
+        if (
+            announced is None
+            or isinstance(reason, LinkClosedError)
+            or announced.code in NORMAL_CLOSE_CODES
+        ):
+            return reason
+        return LinkClosedError(announced.code, announced.reason)
 
     def _after_send(self) -> None:
         if self._forwarder.drained():
@@ -337,6 +355,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._report(HubRefusalError(event.code, event.message, event.topic))
         elif isinstance(event, Welcome):
             self._changed()
+        elif isinstance(event, Closing):
+            self._announced_close = event
 
     def _resolve_pings(self, ok: bool) -> None:
         for waiter in self._ping_waiters.values():

@@ -331,7 +331,7 @@ class WebSocketHub(HubTarget):
         ping_interval: float | None = 20.0,
         **hub_options: Any,
     ) -> None:
-        super().__init__(**hub_options)
+        super().__init__(close_timeout=close_timeout, **hub_options)
         self.path = path
         self.server: WebSocketAcceptor | None = None
         if serve:
