@@ -1,5 +1,6 @@
 """alkpubsub: one typed publish/subscribe interface over interchangeable transports."""
 
+from ._version import __version__
 from .core.envelope import Event, EventEnvelope, make_event
 from .core.errors import (
     AlkPubSubError,
@@ -30,8 +31,6 @@ from .registry import (
 from .target import BaseEventTarget, TypedEventTarget, dispatch_all
 from .transports.memory import MemoryEventTarget
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AlkPubSubError",
     "BackpressureError",
@@ -56,6 +55,7 @@ __all__ = [
     "TargetClosedError",
     "TypedEventTarget",
     "UnknownTransportError",
+    "__version__",
     "available_transports",
     "create_pubsub",
     "dispatch_all",

@@ -1,5 +1,6 @@
 """``alkpubsub``: serve a hub, subscribe, publish from the shell.
 
+alkpubsub --version                       print the version
 alkpubsub hub [--host H] [--port P]       serve a WebSocket hub, print its URL
 alkpubsub sub URL TOPIC [TOPIC ...]       print received envelopes as JSON lines
 alkpubsub pub URL TYPE ID [PAYLOAD_JSON]  publish one envelope
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from ._version import __version__
 from .core.envelope import EventEnvelope, make_event, validate_topic
 from .core.errors import AlkPubSubError
 from .registry import transport_from_url
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alkpubsub",
         description="Typed publish/subscribe over WebSocket, Iroh and more.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     hub = commands.add_parser(

@@ -31,7 +31,7 @@ def loopback_only() -> None:
     if visible:
         message = (
             f"iroh tests need a loopback-only network namespace, but {visible} are visible: "
-            "run them under ../shared/tools/loopback-only"
+            "run them under tools/loopback-only"
         )
         if os.environ.get("CI"):
             pytest.fail(message)
