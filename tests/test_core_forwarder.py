@@ -88,12 +88,19 @@ def test_b7_offline_listeners_are_subscribed_on_connect_then_outbox() -> None:
     assert forwarder.take_outgoing() == []  # nothing leaves while offline
     assert forwarder.queued_events == 1
     forwarder.connection_made()
-    frames = frames_of(forwarder)
-    assert kinds(frames) == [
-        ("__hello", None),
+    # Only the hello leaves until the hub welcomes the link.
+    (hello,) = frames_of(forwarder)
+    assert hello["type"] == "__hello"
+    assert hello["payload"] == {"protocol": 1, "session": True}
+    forwarder.dispatch(make_event("x", "1", "while-greeting"))
+    assert frames_of(forwarder) == []
+    forwarder.receive(encode_envelope(control.welcome("s-1", token="tok")))
+    assert forwarder.state is SpokeState.OPEN
+    assert kinds(frames_of(forwarder)) == [
         ("__subscribe", "a:1"),
         ("__subscribe", "b:1"),
         ("x", "queued-offline"),
+        ("x", "while-greeting"),
     ]
 
 
@@ -191,6 +198,8 @@ def test_state_transitions() -> None:
     assert forwarder.state is SpokeState.OFFLINE
     forwarder.connecting()
     forwarder.connection_made()
+    assert forwarder.state is SpokeState.CONNECTING  # greeted, not yet welcomed
+    forwarder.receive(encode_envelope(control.welcome("s-1")))
     assert forwarder.state is SpokeState.OPEN
     assert forwarder.connected
     forwarder.close()
@@ -230,7 +239,8 @@ def test_hub_ping_is_answered() -> None:
 
 
 def test_receive_delivers_data_and_never_control_to_listeners() -> None:
-    forwarder = connected_forwarder()
+    forwarder = SubscriptionForwarder()
+    forwarder.connection_made()
     seen: list[Event] = []
     forwarder.add_listener("t:1", seen.append)
     forwarder.add_listener("__subscribe:", seen.append)

@@ -53,9 +53,12 @@ class Hub:
             self._wakes[conn.spoke_id] += 1
         return self._wakes
 
-    def connect(self, name: str) -> HubConnection:
+    def connect(self, name: str, **hello: Any) -> HubConnection:
+        """A connection that greeted the hub with ``__hello`` (options: session...)."""
         self._wakes[name] = 0
-        return self.router.connect(Peer(spoke_id=name, transport="test"))
+        conn = self.router.connect(Peer(spoke_id=name, transport="test"))
+        assert self.router.receive(conn, encode_envelope(control.hello(**hello))) is None
+        return conn
 
     def out(self, conn: HubConnection) -> list[dict[str, Any]]:
         return [json.loads(frame) for frame in self.router.take_outgoing(conn)]
@@ -162,7 +165,10 @@ def test_c1_bad_subscription_frames_are_ignored_and_counted(message: bytes) -> N
     assert hub.router.receive(a, message) is None
     assert hub.router.stats.invalid_control == 1
     assert hub.router.subscriptions == {}
-    assert hub.out(a) == []
+    # The spoke learns why (rate-limited per connection).
+    (complaint,) = hub.out(a)
+    assert complaint["type"] == "__error"
+    assert complaint["payload"]["code"] == "invalid_control"
 
 
 def test_c2_unknown_control_is_ignored_and_hello_pong_accepted() -> None:
@@ -173,7 +179,7 @@ def test_c2_unknown_control_is_ignored_and_hello_pong_accepted() -> None:
     assert hub.router.receive(a, encode_envelope(control.hello())) is None
     assert hub.router.receive(a, encode_envelope(control.pong("1"))) is None
     assert hub.router.stats.unknown_control == 1
-    assert a.said_hello
+    assert a.greeted
     assert hub.out(a) == []
 
 

@@ -268,7 +268,9 @@ async def test_b10_garbage_frames_are_dropped_and_counted(hub: IrohHub) -> None:
     garbage = [b"not json", b"[]", b'{"type": "t"}', b"\xff\xfe", b'{"type":"__weird","id":""}']
     await peer.write(pack_frames(garbage))
     frames = await peer.frames_until_pong()
-    assert [f["type"] for f in frames] == ["__welcome"]
+    # Welcomed at its first frame, then told why each bad frame was dropped.
+    assert [f["type"] for f in frames] == ["__welcome"] + ["__error"] * 4
+    assert {f["payload"]["code"] for f in frames[1:]} == {"invalid_frame"}
     assert hub.stats.invalid_frames == 4
     assert hub.stats.unknown_control == 1
     await peer.aclose()

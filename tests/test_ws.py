@@ -28,11 +28,15 @@ async def hub() -> AsyncIterator[WebSocketHub]:
         yield h
 
 
-async def raw_client(url: str, **options: Any) -> ClientConnection:
-    """A bare client; its first message is the hub's __welcome."""
+async def raw_client(url: str, *, hello: bool = True, **options: Any) -> ClientConnection:
+    """A bare client. The hub welcomes a connection when its first frame
+    arrives; with ``hello`` that frame is a plain ``__hello`` (no session) and
+    the welcome is read here, without it the caller's first frame triggers it."""
     ws = await within(connect(url, compression=None, **options))
-    welcome = json.loads(await within(ws.recv()))
-    assert welcome["type"] == "__welcome"
+    if hello:
+        await ws.send(json.dumps({"type": "__hello", "id": "", "payload": {"protocol": 1}}))
+        welcome = json.loads(await within(ws.recv()))
+        assert welcome["type"] == "__welcome"
     return ws
 
 
@@ -162,12 +166,14 @@ async def test_c2_bare_seed_protocol_peer_interoperates(hub: WebSocketHub) -> No
         heard_from_seed = Recorder("from-seed")
         spoke.add_event_listener("seed.out:1", heard_from_seed)
         await within(spoke.flush())
-        seed = await raw_client(hub.url)  # no __hello, never pings
+        seed = await raw_client(hub.url, hello=False)  # no __hello, never pings
         await seed.send(
             json.dumps({"type": "__subscribe", "id": "", "payload": {"topic": "seed.in:1"}})
         )
         await seed.send(json.dumps({"type": "ready", "id": "seed", "payload": None}))
         await ready.wait_for_count(1)  # frames are handled in order: subscribed now
+        # Its first frame made the hub welcome it (a seed peer ignores that).
+        assert json.loads(await within(seed.recv()))["type"] == "__welcome"
         spoke.dispatch_event(make_event("seed.in", "1", {"n": 1}))
         message = json.loads(await within(seed.recv()))
         assert message == {"type": "seed.in", "id": "1", "payload": {"n": 1}}
@@ -219,7 +225,11 @@ async def test_b10_bad_messages_are_dropped_and_counted(hub: WebSocketHub, case:
         bad = await raw_client(hub.url)
         before = getattr(hub.stats, counter)
         await bad.send(message)
-        assert await frames_until_pong(bad) == []  # still served, nothing relayed
+        # Still served, nothing relayed, and told why (unknown control: C2, silent).
+        complaints = {"invalid_frames": ["invalid_frame"], "invalid_control": ["invalid_control"]}
+        frames = await frames_until_pong(bad)
+        assert [f["payload"]["code"] for f in frames] == complaints.get(counter, [])
+        assert all(f["type"] == "__error" for f in frames)
         assert getattr(hub.stats, counter) == before + 1
         hub.dispatch_event(make_event("t", "1", "still flowing"))
         await heard.wait_for_count(1)
@@ -230,7 +240,8 @@ async def test_b10_bad_messages_are_dropped_and_counted(hub: WebSocketHub, case:
 async def test_b10_invalid_utf8_text_frame_is_dropped(hub: WebSocketHub) -> None:
     bad = await raw_client(hub.url)
     await bad.send(b'{"type":"t","id":"\xff\xfe"}', text=True)
-    assert await frames_until_pong(bad) == []
+    (complaint,) = await frames_until_pong(bad)
+    assert complaint["payload"]["code"] == "invalid_frame"
     assert hub.stats.invalid_frames == 1
     await bad.close()
 

@@ -103,6 +103,7 @@ async def test_h4_remove_connection_keeps_the_socket_open() -> None:
             from websockets.asyncio.client import connect
 
             async with connect(ws_url(sock, "/pubsub")) as raw:
+                await raw.send('{"type": "__hello", "id": "", "payload": {"protocol": 1}}')
                 assert '"__welcome"' in await within(raw.recv())
                 welcomed.set()
                 await within(removed.wait())

@@ -8,6 +8,7 @@ from .envelope import EventEnvelope, validate_topic
 from .errors import InvalidTopicError
 
 __all__ = [
+    "ACK",
     "CLOSE",
     "ERROR",
     "FORBIDDEN",
@@ -19,6 +20,9 @@ __all__ = [
     "UNSUBSCRIBE",
     "TOO_MANY_TOPICS",
     "WELCOME",
+    "Hello",
+    "Welcome",
+    "ack",
     "close",
     "close_fields",
     "error",
@@ -27,10 +31,10 @@ __all__ = [
     "ping",
     "pong",
     "subscribe",
+    "received_count",
     "subscription_topic",
     "unsubscribe",
     "welcome",
-    "welcome_spoke_id",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -43,10 +47,21 @@ PING: Final = "__ping"
 PONG: Final = "__pong"
 ERROR: Final = "__error"
 CLOSE: Final = "__close"
+ACK: Final = "__ack"
 
 # Error codes carried by ``__error`` frames.
 FORBIDDEN: Final = "forbidden"
 TOO_MANY_TOPICS: Final = "too_many_topics"
+TOPIC_TOO_LONG: Final = "topic_too_long"
+INVALID_FRAME: Final = "invalid_frame"
+INVALID_CONTROL: Final = "invalid_control"
+
+
+def _count(value: object) -> int | None:
+    """A non-negative int from a peer, or None (bool is not a count)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _control(type_: str, payload: Any, id_: str = "") -> EventEnvelope:
@@ -62,20 +77,53 @@ def unsubscribe(topic: str) -> EventEnvelope:
     return _control(UNSUBSCRIBE, {"topic": topic})
 
 
-def hello() -> EventEnvelope:
-    return _control(HELLO, {"protocol": PROTOCOL_VERSION})
+def hello(
+    *,
+    session: bool = False,
+    resume: str | None = None,
+    received: int = 0,
+    heartbeat: float | None = None,
+) -> EventEnvelope:
+    """The spoke's first frame; with ``session`` it asks for a resumable session
+    (``resume``: the token of the one to continue, ``received``: data frames it
+    got in it), with ``heartbeat`` it promises a frame at least that often."""
+    payload: dict[str, Any] = {"protocol": PROTOCOL_VERSION}
+    if session:
+        payload["session"] = True
+        if resume is not None:
+            payload["resume"] = resume
+            payload["received"] = received
+    if heartbeat is not None:
+        payload["heartbeat"] = heartbeat
+    return _control(HELLO, payload)
 
 
-def welcome(spoke_id: str) -> EventEnvelope:
-    return _control(WELCOME, {"protocol": PROTOCOL_VERSION, "spoke_id": spoke_id})
+def welcome(
+    spoke_id: str,
+    *,
+    token: str | None = None,
+    resumed: bool = False,
+    received: int = 0,
+    gap: bool = False,
+) -> EventEnvelope:
+    """The hub's first frame; ``token`` only when a session was granted."""
+    payload: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "spoke_id": spoke_id}
+    if token is not None:
+        payload.update(token=token, resumed=resumed, received=received, gap=gap)
+    return _control(WELCOME, payload)
 
 
-def ping(nonce: str) -> EventEnvelope:
-    return _control(PING, {}, nonce)
+def ping(nonce: str, received: int | None = None) -> EventEnvelope:
+    return _control(PING, {} if received is None else {"received": received}, nonce)
 
 
-def pong(nonce: str) -> EventEnvelope:
-    return _control(PONG, {}, nonce)
+def pong(nonce: str, received: int | None = None) -> EventEnvelope:
+    return _control(PONG, {} if received is None else {"received": received}, nonce)
+
+
+def ack(received: int) -> EventEnvelope:
+    """Confirms ``received`` data frames of this session."""
+    return _control(ACK, {"received": received})
 
 
 def error(code: str, message: str, topic: str | None = None) -> EventEnvelope:
@@ -128,10 +176,44 @@ def close_fields(envelope: EventEnvelope) -> tuple[int, str] | None:
     return code, reason if isinstance(reason, str) else ""
 
 
-def welcome_spoke_id(envelope: EventEnvelope) -> str | None:
+def received_count(envelope: EventEnvelope) -> int | None:
+    """The ``received`` count of an ``__ack``, ``__ping`` or ``__pong``, if any."""
     payload = envelope.payload
-    if isinstance(payload, dict):
+    return _count(payload.get("received")) if isinstance(payload, dict) else None
+
+
+class Hello:
+    """A parsed ``__hello``; absent or malformed fields mean 'not asked for'."""
+
+    __slots__ = ("heartbeat", "received", "resume", "session")
+
+    def __init__(self, envelope: EventEnvelope) -> None:
+        payload = envelope.payload if isinstance(envelope.payload, dict) else {}
+        self.session = payload.get("session") is True
+        resume = payload.get("resume")
+        self.resume = resume if isinstance(resume, str) and resume else None
+        self.received = _count(payload.get("received")) or 0
+        heartbeat = payload.get("heartbeat")
+        self.heartbeat = (
+            float(heartbeat)
+            if isinstance(heartbeat, int | float)
+            and not isinstance(heartbeat, bool)
+            and 0 < heartbeat <= 3600
+            else None
+        )
+
+
+class Welcome:
+    """A parsed ``__welcome``."""
+
+    __slots__ = ("gap", "received", "resumed", "spoke_id", "token")
+
+    def __init__(self, envelope: EventEnvelope) -> None:
+        payload = envelope.payload if isinstance(envelope.payload, dict) else {}
         spoke_id = payload.get("spoke_id")
-        if isinstance(spoke_id, str) and spoke_id:
-            return spoke_id
-    return None
+        self.spoke_id = spoke_id if isinstance(spoke_id, str) and spoke_id else None
+        token = payload.get("token")
+        self.token = token if isinstance(token, str) and token else None
+        self.resumed = self.token is not None and payload.get("resumed") is True
+        self.received = _count(payload.get("received")) or 0
+        self.gap = payload.get("gap") is True

@@ -14,6 +14,7 @@ __all__ = [
     "DecodeError",
     "FrameTooLargeError",
     "FramingError",
+    "ConnectionLostError",
     "ConnectionRefusedByHubError",
     "HubRefusalError",
     "LinkClosedError",
@@ -99,6 +100,11 @@ class HubRefusalError(AlkPubSubError):
 
 class ConnectionRefusedByHubError(AlkPubSubError, ConnectionError):
     """The hub refused the connection (HTTP 401/403, unknown peer, wrong ALPN)."""
+
+
+class ConnectionLostError(AlkPubSubError, ConnectionError):
+    """The connection broke without a close: the peer died, the network failed,
+    or nothing was heard from the peer within its heartbeat timeout."""
 
 
 class LinkClosedError(AlkPubSubError, ConnectionError):

@@ -42,6 +42,10 @@ class FrameQueue:
             self.data_frames += 1
         return len(frames) == 1
 
+    def peek(self) -> bytes:
+        """The frame at the head (the queue must not be empty)."""
+        return self._frames[0]
+
     def take(self, max_bytes: int | None = None) -> list[bytes]:
         """Remove and return the frames at the head: all of them, or about
         ``max_bytes`` worth (always at least one)."""

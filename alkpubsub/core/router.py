@@ -2,14 +2,23 @@
 
 Sans-I/O. The shell registers connections, feeds them received messages,
 performs authorization where the router asks for it (``SubscribeRequest``,
-``PublishRequest``) and pulls the router's decisions: ``take_ready()`` lists
-the connections whose queue became non-empty (to be written with
-``take_outgoing``), ``take_cuts()`` those that must be closed, with the code in
-``conn.close_code`` (SPEC B8, B12, C1, C2, H1-H3).
+``PublishRequest``), tells it when a link ended (``link_lost``) and when a
+heartbeat interval passed (``tick``), and pulls the router's decisions:
+``take_ready()`` lists the connections whose queue became non-empty (to be
+written with ``take_outgoing``), ``take_cuts()`` those that must be closed,
+with the code in ``conn.close_code``. A ``Resumed`` result tells the shell that
+its link now serves an earlier session. B8, B12, C1, C2, H1-H3 and the sessions
+of docs/protocol.md §5.
+
+A ``HubConnection`` outlives its link when it holds a session: detached, it
+keeps its spoke id, subscriptions, unconfirmed frames and, bounded in bytes,
+what was published for it meanwhile, until a link resumes it or its grace
+period runs out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,31 +29,51 @@ from . import control
 from .close import CloseCode
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import Event, EventEnvelope, check_user_event
-from .errors import DecodeError, TargetClosedError
+from .errors import DecodeError, FrameTooLargeError, InvalidEnvelopeError, TargetClosedError
+from .headers import SECRET_HEADERS, Headers
 from .listeners import ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
+from .session import Receipts, SentLog, new_token
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_INVALID_FRAMES",
+    "DEFAULT_MAX_SUBSCRIPTION_BYTES",
     "DEFAULT_MAX_TOPICS_PER_CONNECTION",
+    "DEFAULT_MAX_TOPIC_BYTES",
+    "DEFAULT_SESSION_GRACE",
     "ConnectionState",
     "HubConnection",
     "HubRouter",
     "HubStats",
     "Peer",
     "PublishRequest",
+    "Resumed",
     "SubscribeRequest",
 ]
 
 DEFAULT_MAX_BUFFERED_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_TOPICS_PER_CONNECTION: Final = 10_000
+DEFAULT_MAX_TOPIC_BYTES: Final = 1024
+DEFAULT_MAX_SUBSCRIPTION_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_INVALID_FRAMES: Final = 100
+DEFAULT_SESSION_GRACE: Final = 30.0
+DEFAULT_MAX_DETACHED_BYTES: Final = 64 * 1024 * 1024
+#: Frames written to a session's spoke and not yet acknowledged, per session.
+#: Not part of B8 (a busy spoke's acks queue behind its own publications, and
+#: the frames are mostly shared with other subscribers): past this the hub
+#: stops keeping them, and a resume reports a gap instead of resending.
+DEFAULT_MAX_UNCONFIRMED_BYTES: Final = 4 * 1024 * 1024
+#: A spoke that promised a heartbeat every T seconds is cut after 3 T of silence.
+HEARTBEAT_MISSES: Final = 3
+#: ``__error`` frames answering bad input, per connection (then only counted).
+MAX_COMPLAINTS: Final = 10
 DIRECT_TYPE: Final = "direct"
 
 Action = Literal["subscribe", "publish"]
 
-
-#: Header values that never appear in a repr or a log line.
-SECRET_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+#: Closes after which a session waits for its spoke instead of ending.
+_SESSION_SURVIVES: Final = frozenset({CloseCode.TRY_AGAIN_LATER, CloseCode.HEARTBEAT_TIMEOUT})
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,7 @@ class Peer:
     transport: str
     remote_address: str | None = None
     path: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=Headers)
     endpoint_id: str | None = None
 
     def __repr__(self) -> str:
@@ -90,6 +119,14 @@ class PublishRequest:
         return self.envelope.topic
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """The link now serves ``session``, an earlier connection of this spoke;
+    the provisional connection it was registered with is gone."""
+
+    session: HubConnection
+
+
 @dataclass
 class HubStats:
     connections: int = 0
@@ -100,44 +137,78 @@ class HubStats:
     unknown_control: int = 0
     refused: int = 0
     backpressure_disconnects: int = 0
+    heartbeat_timeouts: int = 0
+    sessions_resumed: int = 0
+    sessions_expired: int = 0
+    #: Detached sessions that had to drop buffered events (their spoke is told).
+    session_gaps: int = 0
 
 
 class ConnectionState(Enum):
-    OPEN = "open"
-    CLOSING = "closing"  # cut off by the router; the shell closes the link
-    GONE = "gone"  # disconnected: nothing is queued or relayed for it any more
+    OPEN = "open"  # a link serves it
+    DETACHED = "detached"  # its link is gone; the session waits for a resume
+    CLOSING = "closing"  # cut off by the router; the shell is closing its link
+    GONE = "gone"  # forgotten: nothing is queued or relayed for it any more
 
 
 _OPEN: Final = ConnectionState.OPEN
+_DETACHED: Final = ConnectionState.DETACHED
 
 
 class HubConnection:
-    """One spoke as the router sees it."""
+    """One spoke as the router sees it: a link's connection, or a session."""
 
     __slots__ = (
         "buffered_at_cut",
         "close_code",
         "close_reason",
+        "expires_in",
+        "frames_received",
+        "gap",
+        "greeted",
+        "heartbeat_ticks",
+        "held",
+        "invalid_frames",
+        "last_frames_received",
         "peer",
         "queue",
-        "said_hello",
+        "receipts",
+        "sent",
+        "silent_ticks",
+        "socket_buffered",
         "state",
+        "token",
+        "topic_bytes",
         "topics",
-        "transport_buffered",
     )
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.topics: set[str] = set()
+        self.topic_bytes = 0
         self.queue = FrameQueue()
-        # Bytes the shell reports as still sitting in the socket/stream buffers.
-        self.transport_buffered = 0
+        # Bytes held besides the queue: in the socket (B8) while attached, and
+        # the unconfirmed ones while detached (its catch-up budget).
+        self.held = 0
+        self.socket_buffered = 0
         self.state = ConnectionState.OPEN
         self.close_code: CloseCode | int | None = None
         self.close_reason = ""
         #: What was buffered for it when the router cut it off (for on_backpressure).
         self.buffered_at_cut = 0
-        self.said_hello = False
+        self.greeted = False
+        self.invalid_frames = 0
+        # Session: token, what we sent it and it did not confirm, what it sent us.
+        self.token: str | None = None
+        self.sent: SentLog | None = None
+        self.receipts: Receipts | None = None
+        self.gap = False  # events for it were dropped while it was away
+        self.expires_in = 0  # ticks left while detached
+        # Heartbeat: ticks of silence allowed, and the count seen at the last tick.
+        self.heartbeat_ticks: int | None = None
+        self.frames_received = 0
+        self.last_frames_received = 0
+        self.silent_ticks = 0
 
     @property
     def spoke_id(self) -> str:
@@ -149,7 +220,7 @@ class HubConnection:
 
     @property
     def buffered_bytes(self) -> int:
-        return self.queue.nbytes + self.transport_buffered
+        return self.queue.nbytes + self.held
 
     def __repr__(self) -> str:
         return f"<HubConnection {self.peer.spoke_id} {self.state.value} topics={len(self.topics)}>"
@@ -162,20 +233,43 @@ class HubRouter:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_topics_per_connection: int = DEFAULT_MAX_TOPICS_PER_CONNECTION,
+        max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+        max_subscription_bytes: int = DEFAULT_MAX_SUBSCRIPTION_BYTES,
+        max_invalid_frames: int | None = DEFAULT_MAX_INVALID_FRAMES,
+        session_grace: float = DEFAULT_SESSION_GRACE,
+        max_detached_bytes: int = DEFAULT_MAX_DETACHED_BYTES,
+        max_unconfirmed_bytes: int = DEFAULT_MAX_UNCONFIRMED_BYTES,
+        tick_interval: float = 1.0,
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
     ) -> None:
+        if min(max_buffered_bytes, max_topic_bytes, max_subscription_bytes, tick_interval) <= 0:
+            raise ValueError("limits and tick_interval must be positive")
+        if session_grace < 0:
+            raise ValueError("session_grace must not be negative")
         self.registry = ListenerRegistry(on_listener_error=on_listener_error, schedule=schedule)
         self.stats = HubStats()
         self.max_frame_bytes = max_frame_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.max_topics_per_connection = max_topics_per_connection
+        self.max_topic_bytes = max_topic_bytes
+        self.max_subscription_bytes = max_subscription_bytes
+        self.max_invalid_frames = max_invalid_frames
+        self.tick_interval = tick_interval
+        self.grace_ticks = int(-(-session_grace // tick_interval))  # ceil
+        self.max_detached_bytes = max_detached_bytes
+        self.max_unconfirmed_bytes = max_unconfirmed_bytes
+        #: Every connection and detached session, by spoke id.
         self.connections: dict[str, HubConnection] = {}
+        #: Sessions by resume token.
+        self.sessions: dict[str, HubConnection] = {}
+        # Detached sessions, oldest first.
+        self._detached: dict[HubConnection, None] = {}
         # E2: keyed by the full topic. Dict values keep insertion order.
         self.subscriptions: dict[str, dict[HubConnection, None]] = {}
         #: Connections whose queue became non-empty: the shell writes them.
         self.ready: list[HubConnection] = []
-        #: Connections the router cut off (B8): the shell closes their links.
+        #: Connections the router cut off: the shell closes their links.
         self.cuts: list[HubConnection] = []
         self.closed = False
 
@@ -189,7 +283,8 @@ class HubRouter:
                 return spoke_id
 
     def connect(self, peer: Peer) -> HubConnection:
-        """Register a connection and queue its ``__welcome``."""
+        """Register a connection. Its ``__welcome`` goes out when its first
+        frame arrives: a ``__hello`` may ask to resume a session."""
         if self.closed:
             raise TargetClosedError("hub is closed")
         if peer.spoke_id in self.connections:
@@ -197,18 +292,59 @@ class HubRouter:
         conn = HubConnection(peer)
         self.connections[peer.spoke_id] = conn
         self.stats.connections += 1
-        self._send_control(conn, control.welcome(peer.spoke_id))
         return conn
 
+    @property
+    def attached(self) -> list[HubConnection]:
+        """Connections served by a link (not detached sessions)."""
+        return [conn for conn in self.connections.values() if conn.state is _OPEN]
+
+    def link_lost(self, conn: HubConnection, normal_close: bool) -> bool:
+        """``conn``'s link ended. A session survives a lost link (not a normal
+        close, not a close decided by the hub other than B8 or a heartbeat
+        timeout) and waits ``session_grace``; returns True if it does."""
+        if self.connections.get(conn.spoke_id) is not conn:
+            return False
+        keep = (
+            conn.token is not None
+            and not normal_close
+            and self.grace_ticks > 0
+            and (conn.state is _OPEN or conn.close_code in _SESSION_SURVIVES)
+        )
+        if not keep:
+            self.disconnect(conn)
+            return False
+        conn.state = _DETACHED
+        conn.expires_in = self.grace_ticks
+        conn.socket_buffered = 0
+        conn.heartbeat_ticks = None
+        self._hold(conn)
+        # Anything still queued that is not data (acks, pongs, __close) is for
+        # the dead link only.
+        data = conn.queue.data()
+        conn.queue.clear()
+        for frame in data:
+            conn.queue.push(frame)
+        self._detached[conn] = None
+        if conn.buffered_bytes > self.max_buffered_bytes:
+            self._trim_detached(conn)
+        return True
+
     def disconnect(self, conn: HubConnection) -> bool:
-        """Forget a connection; False when it was already gone (idempotent)."""
+        """Forget a connection or session; False when it was already gone."""
         if self.connections.get(conn.spoke_id) is not conn:
             return False
         del self.connections[conn.spoke_id]
+        if conn.token is not None:
+            self.sessions.pop(conn.token, None)
+        self._detached.pop(conn, None)
         for topic in conn.topics:
             self._drop_subscriber(topic, conn)
         conn.topics.clear()
+        conn.topic_bytes = 0
         conn.queue.clear()
+        if conn.sent is not None:
+            conn.sent.clear()
         conn.state = ConnectionState.GONE
         return True
 
@@ -216,56 +352,169 @@ class HubRouter:
 
     def receive(
         self, conn: HubConnection, message: bytes | str
-    ) -> SubscribeRequest | PublishRequest | None:
-        """Handle one message; returns what needs authorization, if anything."""
-        if conn.state is not ConnectionState.OPEN:
+    ) -> SubscribeRequest | PublishRequest | Resumed | None:
+        """Handle one message; returns what needs authorization, or a resume."""
+        if conn.state is not _OPEN:
             return None
+        conn.frames_received += 1
         self.stats.received_frames += 1
         try:
             envelope = decode_envelope(message)
-        except DecodeError:
-            self.stats.invalid_frames += 1
+        except DecodeError as exc:
+            if not conn.greeted:
+                conn.greeted = True
+                self._send_control(conn, control.welcome(conn.spoke_id))
+            self._bad_input(conn, control.INVALID_FRAME, str(exc))
             return None
+        if not conn.greeted:
+            conn.greeted = True
+            if envelope.type == control.HELLO:
+                return self._hello(conn, control.Hello(envelope))
+            self._send_control(conn, control.welcome(conn.spoke_id))  # a bare-protocol peer
         if not envelope.is_control:
+            receipts = conn.receipts
+            if receipts is not None and receipts.count(len(message)):
+                self._send_control(conn, control.ack(receipts.acknowledged()))
             return PublishRequest(envelope)
         kind = envelope.type
         if kind == control.SUBSCRIBE:
-            topic = control.subscription_topic(envelope)
-            if topic is None:
-                self.stats.invalid_control += 1  # C1
-                return None
-            if topic in conn.topics:
-                return None
-            if self._is_foreign_direct(conn, topic):
-                self.refuse(conn, "subscribe", topic, "direct topics belong to their spoke")
-                return None
-            if len(conn.topics) >= self.max_topics_per_connection:
-                self.stats.refused += 1
-                self._send_control(
-                    conn,
-                    control.error(
-                        control.TOO_MANY_TOPICS,
-                        f"at most {self.max_topics_per_connection} topics per connection",
-                        topic,
-                    ),
-                )
-                return None
-            return SubscribeRequest(topic)
+            return self._subscribe_request(conn, envelope)
         if kind == control.UNSUBSCRIBE:
             topic = control.subscription_topic(envelope)
             if topic is None:
-                self.stats.invalid_control += 1
+                self._bad_input(conn, control.INVALID_CONTROL, "__unsubscribe needs a valid topic")
             else:
                 self.unsubscribe(conn, topic)
         elif kind == control.PING:
-            self._send_control(conn, control.pong(envelope.id))
-        elif kind == control.HELLO:
-            conn.said_hello = True
-        elif kind == control.PONG:
-            pass
-        else:
+            self._acked(conn, envelope)
+            receipts = conn.receipts
+            received = receipts.acknowledged() if receipts is not None else None
+            self._send_control(conn, control.pong(envelope.id, received))
+        elif kind == control.ACK or kind == control.PONG:
+            self._acked(conn, envelope)
+        elif kind != control.HELLO:
             self.stats.unknown_control += 1  # C2
         return None
+
+    def _subscribe_request(
+        self, conn: HubConnection, envelope: EventEnvelope
+    ) -> SubscribeRequest | None:
+        topic = control.subscription_topic(envelope)
+        if topic is None:
+            self._bad_input(conn, control.INVALID_CONTROL, "__subscribe needs a valid topic")
+            return None
+        if topic in conn.topics:
+            return None
+        if self._is_foreign_direct(conn, topic):
+            self.refuse(conn, "subscribe", topic, "direct topics belong to their spoke")
+            return None
+        size = len(topic.encode("utf-8", "surrogatepass"))
+        if size > self.max_topic_bytes:
+            self.stats.refused += 1
+            message = f"topics are at most {self.max_topic_bytes} bytes"
+            self._send_control(conn, control.error(control.TOPIC_TOO_LONG, message))
+            return None
+        if (
+            len(conn.topics) >= self.max_topics_per_connection
+            or conn.topic_bytes + size > self.max_subscription_bytes
+        ):
+            self.stats.refused += 1
+            message = (
+                f"at most {self.max_topics_per_connection} topics and "
+                f"{self.max_subscription_bytes} bytes of topics per connection"
+            )
+            self._send_control(conn, control.error(control.TOO_MANY_TOPICS, message, topic))
+            return None
+        return SubscribeRequest(topic)
+
+    def _hello(self, conn: HubConnection, hello: control.Hello) -> Resumed | None:
+        if hello.heartbeat is not None:
+            ticks = HEARTBEAT_MISSES * hello.heartbeat / self.tick_interval
+            conn.heartbeat_ticks = max(2, int(-(-ticks // 1)))
+        if hello.session and hello.resume is not None:
+            session = self.sessions.get(hello.resume)
+            if session is not None and session.state is not _DETACHED:
+                # Live elsewhere (or being cut): a stolen or duplicated token.
+                self.stats.refused += 1
+                self._cut(conn, CloseCode.SESSION_IN_USE, "session in use by another connection")
+                return None
+            if session is not None and session.peer.endpoint_id == conn.peer.endpoint_id:
+                return self._resume(conn, session, hello)
+        if hello.session:
+            conn.token = new_token()
+            conn.sent = SentLog()
+            conn.receipts = Receipts()
+            self.sessions[conn.token] = conn
+        self._send_control(
+            conn, control.welcome(conn.spoke_id, token=conn.token, gap=hello.resume is not None)
+        )
+        return None
+
+    def _resume(self, conn: HubConnection, session: HubConnection, hello: control.Hello) -> Resumed:
+        """The provisional ``conn`` hands its link to the detached ``session``."""
+        assert session.sent is not None
+        assert session.receipts is not None
+        del self.connections[conn.spoke_id]
+        conn.state = ConnectionState.GONE
+        self._detached.pop(session, None)
+        assert session.token is not None
+        del self.sessions[session.token]
+        session.token = new_token()  # a used token is never valid again
+        self.sessions[session.token] = session
+        session.peer = dataclasses.replace(conn.peer, spoke_id=session.spoke_id)
+        session.state = _OPEN
+        session.greeted = True
+        session.heartbeat_ticks = conn.heartbeat_ticks
+        session.silent_ticks = 0
+        session.close_code = None
+        session.close_reason = ""
+        gap = session.gap
+        if session.sent.ack(hello.received):
+            resend = session.sent.clear()
+        else:  # frames it missed were dropped while it was away
+            gap = True
+            resend = []
+            session.sent = SentLog(acked=hello.received)
+        caught_up = session.queue.data()
+        session.queue.clear()
+        session.gap = False
+        self._hold(session)
+        self.stats.sessions_resumed += 1
+        self._send_control(
+            session,
+            control.welcome(
+                session.spoke_id,
+                token=session.token,
+                resumed=True,
+                received=session.receipts.received,
+                gap=gap,
+            ),
+        )
+        for frame in (*resend, *caught_up):
+            session.queue.push(frame)
+        return Resumed(session)
+
+    def _acked(self, conn: HubConnection, envelope: EventEnvelope) -> None:
+        sent = conn.sent
+        if sent is None:
+            return
+        received = control.received_count(envelope)
+        if received is not None and not sent.ack(received) and sent.intact:
+            self._bad_input(conn, control.INVALID_CONTROL, "acknowledged more than was sent")
+
+    def _bad_input(self, conn: HubConnection, code: str, reason: str) -> None:
+        """B10: drop, count, tell the spoke (a few times), and cut a connection
+        that keeps sending garbage (``max_invalid_frames``)."""
+        if code == control.INVALID_FRAME:
+            self.stats.invalid_frames += 1
+        else:
+            self.stats.invalid_control += 1
+        conn.invalid_frames += 1
+        if conn.invalid_frames <= MAX_COMPLAINTS:
+            self._send_control(conn, control.error(code, reason[:200]))
+        limit = self.max_invalid_frames
+        if limit is not None and conn.invalid_frames > limit:
+            self._cut(conn, CloseCode.POLICY_VIOLATION, f"more than {limit} invalid frames")
 
     def _is_foreign_direct(self, conn: HubConnection, topic: str) -> bool:
         type_, _, id_ = topic.partition(":")
@@ -274,14 +523,16 @@ class HubRouter:
     # -- applying decisions -------------------------------------------------------
 
     def subscribe(self, conn: HubConnection, topic: str) -> None:
-        if conn.state is not ConnectionState.OPEN or topic in conn.topics:
+        if conn.state is not _OPEN or topic in conn.topics:
             return
         conn.topics.add(topic)
+        conn.topic_bytes += len(topic)
         self.subscriptions.setdefault(topic, {})[conn] = None
 
     def unsubscribe(self, conn: HubConnection, topic: str) -> None:
         if topic in conn.topics:
             conn.topics.discard(topic)
+            conn.topic_bytes -= len(topic)
             self._drop_subscriber(topic, conn)
 
     def refuse(self, conn: HubConnection, action: Action, topic: str, message: str = "") -> None:
@@ -294,9 +545,18 @@ class HubRouter:
         """Carry out an authorized request."""
         if isinstance(request, SubscribeRequest):
             self.subscribe(conn, request.topic)
-        else:
-            self.stats.relayed_events += 1
+            return
+        try:
             self.publish(request.envelope)
+        except FrameTooLargeError as exc:
+            # Under the limit as received, above it as re-encoded (1E2 -> 100.0).
+            self.stats.invalid_frames += 1
+            self._cut(conn, CloseCode.MESSAGE_TOO_BIG, str(exc))
+            return
+        except InvalidEnvelopeError as exc:  # e.g. a lone surrogate in a string
+            self._bad_input(conn, control.INVALID_FRAME, str(exc))
+            return
+        self.stats.relayed_events += 1
 
     def dispatch(self, event: Event) -> bool:
         """The hub's own ``dispatch_event`` (H1)."""
@@ -321,25 +581,44 @@ class HubRouter:
         limit = self.max_buffered_bytes
         ready = self.ready
         for conn in subscribers:
-            if conn.state is not _OPEN:
+            state = conn.state
+            if state is not _OPEN and state is not _DETACHED:
                 continue  # cut off during this fan-out or an earlier one
             queue = conn.queue
-            if queue.push(frame):
+            if queue.push(frame) and state is _OPEN:
                 ready.append(conn)
             # B8: the one place where a connection is found too slow.
-            if queue.nbytes + conn.transport_buffered > limit:
-                self._cut_slow(conn)
+            if queue.nbytes + conn.held > limit:
+                self._over_limit(conn)
+
+    def _over_limit(self, conn: HubConnection) -> None:
+        if conn.state is _DETACHED:
+            self._trim_detached(conn)
+        elif conn.state is _OPEN:
+            self.stats.backpressure_disconnects += 1
+            self._cut(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer: too much buffered")
+
+    def _trim_detached(self, conn: HubConnection) -> None:
+        """A detached session over its budget drops its oldest events: first
+        what its last link never confirmed, then queued ones, and will tell
+        its spoke about the gap on resume."""
+        if not conn.gap:
+            conn.gap = True
+            self.stats.session_gaps += 1
+        if conn.sent is not None and len(conn.sent):
+            conn.sent.lose()
+            self._hold(conn)
+        queue = conn.queue
+        while queue and queue.nbytes + conn.held > self.max_buffered_bytes // 2:
+            queue.take(1)
 
     def close_connection(self, conn: HubConnection, code: CloseCode | int, reason: str) -> None:
-        """Cut ``conn`` off with ``code`` (``disconnect_peer``, hub shutdown)."""
-        if conn.state is ConnectionState.OPEN:
+        """Cut ``conn`` off with ``code`` (``disconnect_peer``, hub shutdown);
+        a detached session is simply forgotten."""
+        if conn.state is _OPEN:
             self._cut(conn, code, reason)
-
-    def _cut_slow(self, conn: HubConnection) -> None:
-        if conn.state is not ConnectionState.OPEN:
-            return
-        self.stats.backpressure_disconnects += 1
-        self._cut(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer: too much buffered")
+        elif conn.state is _DETACHED:
+            self.disconnect(conn)
 
     def _cut(self, conn: HubConnection, code: CloseCode | int, reason: str) -> None:
         """Stop serving ``conn`` and ask the shell to close its link."""
@@ -347,11 +626,49 @@ class HubRouter:
         conn.close_code = code
         conn.close_reason = reason
         conn.buffered_at_cut = conn.buffered_bytes
-        # What was queued is dropped; only the announcement of the close is
-        # written, so that links without close codes tell the reason too.
+        # Only the announcement of the close is written, at the head of the
+        # queue, so that links without close codes tell the reason too; a
+        # session that survives keeps its queued data for a resume, anything
+        # else is dropped.
+        kept = conn.queue.data() if conn.token is not None and code in _SESSION_SURVIVES else []
         conn.queue.clear()
         conn.queue.push(ControlFrame(encode_envelope(control.close(code, reason))))
+        for frame in kept:
+            conn.queue.push(frame)
         self.cuts.append(conn)
+
+    def take_announcement(self, conn: HubConnection) -> list[bytes]:
+        """The ``__close`` frame of a connection the router cut off."""
+        queue = conn.queue
+        return queue.take(1) if queue and type(queue.peek()) is not bytes else []
+
+    # -- time -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One ``tick_interval`` passed: cut spokes whose heartbeat stopped,
+        expire sessions whose grace ran out, keep detached sessions in budget."""
+        for conn in list(self.connections.values()):
+            state = conn.state
+            if state is _OPEN and conn.heartbeat_ticks is not None:
+                if conn.frames_received == conn.last_frames_received:
+                    conn.silent_ticks += 1
+                    if conn.silent_ticks >= conn.heartbeat_ticks:
+                        self.stats.heartbeat_timeouts += 1
+                        self._cut(conn, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat missed")
+                else:
+                    conn.silent_ticks = 0
+                conn.last_frames_received = conn.frames_received
+            elif state is _DETACHED:
+                conn.expires_in -= 1
+                if conn.expires_in <= 0:
+                    self.stats.sessions_expired += 1
+                    self.disconnect(conn)
+        total = sum(conn.buffered_bytes for conn in self._detached)
+        while total > self.max_detached_bytes and self._detached:
+            oldest = next(iter(self._detached))
+            total -= oldest.buffered_bytes
+            self.stats.sessions_expired += 1
+            self.disconnect(oldest)
 
     # -- what the shell pulls ------------------------------------------------------
 
@@ -367,13 +684,20 @@ class HubRouter:
         return cuts
 
     def take_outgoing(self, conn: HubConnection, max_bytes: int | None = None) -> list[bytes]:
-        return conn.queue.take(max_bytes)
+        frames = conn.queue.take(max_bytes)
+        sent = conn.sent
+        if sent is not None and conn.state is _OPEN and sent.intact:
+            sent.record(frames)
+            if sent.nbytes > self.max_unconfirmed_bytes:
+                sent.lose()  # a spoke that does not ack pins no memory
+        return frames
 
     def report_transport_buffered(self, conn: HubConnection, nbytes: int) -> None:
         """The shell tells how much still sits in the socket; may trigger B8."""
-        conn.transport_buffered = nbytes
-        if conn.queue.nbytes + nbytes > self.max_buffered_bytes:
-            self._cut_slow(conn)
+        conn.socket_buffered = nbytes
+        self._hold(conn)
+        if conn.state is _OPEN and conn.queue.nbytes + conn.held > self.max_buffered_bytes:
+            self._over_limit(conn)
 
     def close(self) -> None:
         self.closed = True
@@ -383,6 +707,12 @@ class HubRouter:
 
     # -- internals -----------------------------------------------------------------
 
+    @staticmethod
+    def _hold(conn: HubConnection) -> None:
+        sent = conn.sent
+        detached = conn.state is _DETACHED and sent is not None
+        conn.held = sent.nbytes if detached and sent is not None else conn.socket_buffered
+
     def _drop_subscriber(self, topic: str, conn: HubConnection) -> None:
         subscribers = self.subscriptions.get(topic)
         if subscribers is not None:
@@ -391,7 +721,7 @@ class HubRouter:
                 del self.subscriptions[topic]
 
     def _send_control(self, conn: HubConnection, envelope: EventEnvelope) -> None:
-        if conn.state is not ConnectionState.OPEN:
+        if conn.state is not _OPEN:
             return
         if conn.queue.push(ControlFrame(encode_envelope(envelope, self.max_frame_bytes))):
             self.ready.append(conn)

@@ -2,9 +2,10 @@
 
 ``HubTarget`` = the core's ``HubRouter`` + any number of acceptors + one served
 connection per link: a read loop that feeds the router and performs
-authorization, and writes of whatever the router queued for that connection.
-A transport provides an ``Acceptor`` (its server or accept loop) that turns each
-accepted connection into a ``Link`` and calls ``hub.serve_link``.
+authorization, writes of whatever the router queued for that connection, and
+a sweep that ticks the router (heartbeats, session expiry). A transport
+provides an ``Acceptor`` (its server or accept loop) that turns each accepted
+connection into a ``Link`` and calls ``hub.serve_link``.
 """
 
 from __future__ import annotations
@@ -12,39 +13,69 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.close import CloseCode
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES
 from ..core.envelope import Event, validate_topic
 from ..core.errors import FramingError, TargetClosedError
+from ..core.headers import Headers
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.router import (
     DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_INVALID_FRAMES,
+    DEFAULT_MAX_SUBSCRIPTION_BYTES,
+    DEFAULT_MAX_TOPIC_BYTES,
     DEFAULT_MAX_TOPICS_PER_CONNECTION,
+    DEFAULT_SESSION_GRACE,
     Action,
     HubConnection,
     HubRouter,
     HubStats,
     Peer,
     PublishRequest,
+    Resumed,
     SubscribeRequest,
 )
 from ..target import BaseEventTarget, call_user
 from .link import LINK_ERRORS, Link, SyncWritableLink, write_loop
 
-__all__ = ["Acceptor", "Authorize", "HubTarget"]
+__all__ = ["Acceptor", "Authenticate", "Authorize", "ConnectRequest", "HubTarget"]
 
 logger = logging.getLogger(__name__)
 
 Authorize = Callable[[Peer, Action, str], bool | Awaitable[bool]]
 
 
+@dataclass(frozen=True)
+class ConnectRequest:
+    """What ``authenticate`` sees of a connection before it is served: the
+    upgrade request on WebSocket (path, headers with repeated values kept,
+    offered subprotocols), the verified endpoint id on Iroh."""
+
+    path: str | None = None
+    headers: Mapping[str, str] = field(default_factory=Headers)
+    remote_address: str | None = None
+    transport: str = "ws"
+    endpoint_id: str | None = None
+    subprotocols: tuple[str, ...] = ()
+
+
+#: ``True`` accepts; ``False`` refuses (forbidden); an int refuses with that HTTP
+#: status (401, 403, ...). May be a coroutine function.
+Authenticate = Callable[[ConnectRequest], bool | int | Awaitable[bool | int]]
+
+#: How often the router is ticked: heartbeat checks and session expiry.
+DEFAULT_TICK_INTERVAL = 1.0
+
+
 class Acceptor(Protocol):
     """Accepts connections for a hub and serves each with ``hub.serve_link``
     (a WebSocket server, an Iroh endpoint's accept loop). Several acceptors on
-    one hub make one bus across transports."""
+    one hub make one bus across transports; the hub's ``authenticate`` policy
+    applies to all of them (``serve_link`` runs it unless the acceptor did)."""
 
     async def start(self, hub: HubTarget) -> None:
         """Begin accepting; called by ``hub.start()``."""
@@ -57,18 +88,28 @@ class Acceptor(Protocol):
 
 
 class _Served:
-    """The shell's side of one served connection."""
+    """The shell's side of one served link."""
 
-    __slots__ = ("closing", "conn", "link", "scheduled", "sync_link", "tasks", "wake")
+    __slots__ = (
+        "announced",
+        "closing",
+        "conn",
+        "link",
+        "scheduled",
+        "sync_link",
+        "tasks",
+        "wake",
+    )
 
     def __init__(self, conn: HubConnection, link: Link) -> None:
-        self.conn = conn
+        self.conn = conn  # a resume switches it to the session's connection
         self.link = link
         self.tasks: tuple[asyncio.Task[None], ...] = ()  # reader and writer
         self.closing: asyncio.Task[None] | None = None  # the hub closing the link
         self.wake = asyncio.Event()  # the writer task's
         self.scheduled = False  # a write at the end of this loop iteration is due
         self.sync_link = link if isinstance(link, SyncWritableLink) else None
+        self.announced = False  # on_connection was called for its spoke
 
 
 class HubTarget(BaseEventTarget):
@@ -80,6 +121,12 @@ class HubTarget(BaseEventTarget):
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_topics_per_connection: int = DEFAULT_MAX_TOPICS_PER_CONNECTION,
+        max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+        max_subscription_bytes: int = DEFAULT_MAX_SUBSCRIPTION_BYTES,
+        max_invalid_frames: int | None = DEFAULT_MAX_INVALID_FRAMES,
+        session_grace: float = DEFAULT_SESSION_GRACE,
+        tick_interval: float = DEFAULT_TICK_INTERVAL,
+        authenticate: Authenticate | None = None,
         authorize: Authorize | None = None,
         on_backpressure: Callable[[Peer, int], None] | None = None,
         on_connection: Callable[[Peer], None] | None = None,
@@ -96,10 +143,17 @@ class HubTarget(BaseEventTarget):
             max_frame_bytes=max_frame_bytes,
             max_buffered_bytes=max_buffered_bytes,
             max_topics_per_connection=max_topics_per_connection,
+            max_topic_bytes=max_topic_bytes,
+            max_subscription_bytes=max_subscription_bytes,
+            max_invalid_frames=max_invalid_frames,
+            session_grace=session_grace,
+            tick_interval=tick_interval,
             on_listener_error=on_listener_error,
             schedule=self._scheduler,
         )
         self.max_frame_bytes = max_frame_bytes
+        self.tick_interval = tick_interval
+        self.authenticate = authenticate
         self._authorize = authorize
         self._on_backpressure = on_backpressure
         self._on_connection = on_connection
@@ -107,8 +161,8 @@ class HubTarget(BaseEventTarget):
         self._on_error = on_error
         self._served: dict[HubConnection, _Served] = {}
         # Our own tasks: each connection's reader and writer, link closes,
-        # background serving. serve_link itself runs in the caller's task,
-        # which we never cancel.
+        # background serving, the sweep. serve_link itself runs in the
+        # caller's task, which we never cancel.
         self._io_tasks: set[asyncio.Future[None]] = set()
         self._serving: set[asyncio.Future[None]] = set()
         self._acceptors: list[Acceptor] = []
@@ -126,6 +180,7 @@ class HubTarget(BaseEventTarget):
         if self._started:
             return
         self._started = True
+        self.spawn(self._sweep())
         try:
             for acceptor in self._acceptors:
                 await acceptor.start(self)
@@ -141,7 +196,8 @@ class HubTarget(BaseEventTarget):
 
     @property
     def peers(self) -> list[Peer]:
-        return [conn.peer for conn in self.router.connections.values()]
+        """The spokes connected now (not sessions waiting for a resume)."""
+        return [conn.peer for conn in self.router.attached]
 
     @property
     def listener_errors(self) -> int:
@@ -152,20 +208,25 @@ class HubTarget(BaseEventTarget):
         return self.router.registry.count(topic)
 
     def subscribers(self, topic: str) -> list[Peer]:
-        """The spokes subscribed to ``topic``."""
+        """The spokes subscribed to ``topic`` (sessions waiting for a resume included)."""
         return [conn.peer for conn in self.router.subscriptions.get(topic, {})]
+
+    def topics(self) -> list[str]:
+        """Every topic some spoke is subscribed to."""
+        return list(self.router.subscriptions)
 
     async def disconnect_peer(
         self, spoke_id: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> bool:
-        """Close one spoke's connection (it will reconnect if it wants to)."""
+        """Close one spoke's connection and end its session (it will reconnect
+        if it wants to, as a new session)."""
         conn = self.router.connections.get(spoke_id)
-        served = None if conn is None else self._served.get(conn)
-        if served is None or conn is None:
+        if conn is None:
             return False
+        served = self._served.get(conn)
         self.router.close_connection(conn, code, reason or "disconnected by the hub")
         self._service()
-        if served.closing is not None:
+        if served is not None and served.closing is not None:
             await asyncio.shield(served.closing)
         return True
 
@@ -200,7 +261,7 @@ class HubTarget(BaseEventTarget):
             return
         for acceptor in self._acceptors:
             await acceptor.stop()
-        for conn in list(self._served):
+        for conn in list(self.router.connections.values()):
             self.router.close_connection(conn, CloseCode.GOING_AWAY, "hub closing")
         self._service()
         closing = [served.closing for served in self._served.values() if served.closing]
@@ -222,39 +283,86 @@ class HubTarget(BaseEventTarget):
         task.add_done_callback(self._io_tasks.discard)
         return task
 
-    async def serve_link(self, link: Link, peer_info: dict[str, Any]) -> None:
+    async def admit(self, request: ConnectRequest) -> int | None:
+        """Run the hub's ``authenticate`` policy: None to accept, or the HTTP
+        status of the refusal (401 or 403, ...). Acceptors that can refuse
+        before a link exists (an HTTP upgrade) call this themselves."""
+        if self.authenticate is None:
+            return None
+        try:
+            verdict = self.authenticate(request)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("authenticate raised; refusing the connection")
+            verdict = False
+        if verdict is True:
+            return None
+        status = verdict if isinstance(verdict, int) and verdict not in (0, 1) else 403
+        logger.warning(
+            "refused %s connection from %s: %d",
+            request.transport,
+            request.remote_address or request.endpoint_id,
+            status,
+        )
+        return status
+
+    async def serve_link(
+        self, link: Link, peer_info: dict[str, Any], *, authenticated: bool = False
+    ) -> None:
         """Serve ``link`` until it ends. The caller owns the link; the hub closes
-        it only to cut a connection off (B8, B10) or when the hub closes."""
+        it only to cut a connection off (B8, B10), to refuse it (``authenticate``,
+        unless the acceptor ran it already: ``authenticated=True``) or when the
+        hub closes."""
         if self._closed:
             raise TargetClosedError("hub is closed")
-        conn = self.router.connect(Peer(spoke_id=self.router.new_spoke_id(), **peer_info))
+        if not authenticated and self.authenticate is not None:
+            status = await self.admit(ConnectRequest(**peer_info))
+            if status is not None:
+                code = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
+                await link.close(code, "unauthorized" if status == 401 else "forbidden")
+                return
+        peer = Peer(spoke_id=self.router.new_spoke_id(), **_peer_fields(peer_info))
+        conn = self.router.connect(peer)
         served = self._served[conn] = _Served(conn, link)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._serving.add(done)
-        call_user(self._on_connection, conn.peer, log=logger)
         writer = self.spawn(
             write_loop(
                 link,
                 served.wake,
-                lambda max_bytes: self.router.take_outgoing(conn, max_bytes),
-                lambda: self._after_send(conn, link),
+                lambda max_bytes: self.router.take_outgoing(served.conn, max_bytes),
+                lambda: self._after_send(served.conn, link),
             )
         )
-        reader = self.spawn(self._read_loop(conn, link))
+        reader = self.spawn(self._read_loop(served))
         served.tasks = (reader, writer)
-        self._service()  # the __welcome
+        normal_close = False
         try:
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if (
+                reader.done()
+                and not reader.cancelled()
+                and reader.exception() is None
+                and served.closing is None
+            ):
+                normal_close = True  # the spoke closed normally: it does not come back
             for task in (reader, writer):
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    self._link_failed(conn, task.exception())
+                    self._link_failed(served.conn, task.exception())
         finally:
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
             if served.closing is not None:  # the hub is closing it: let it finish
                 await asyncio.gather(served.closing, return_exceptions=True)
-            self._forget(conn)
+            # The finished tasks hold their exceptions, whose tracebacks hold the
+            # link's frames; with served they form a cycle that would keep the
+            # connection (for Iroh: its endpoint's socket) alive until the cyclic
+            # garbage collector runs.
+            served.tasks = ()
+            served.closing = None
+            self._link_ended(served, normal_close)
             done.set_result(None)
             self._serving.discard(done)
 
@@ -268,14 +376,36 @@ class HubTarget(BaseEventTarget):
             self.router.close_connection(conn, CloseCode.INTERNAL_ERROR, "internal error")
         self._service()
 
+    def _link_ended(self, served: _Served, normal_close: bool) -> None:
+        """The link is gone: its session waits for a resume, or the spoke is gone."""
+        conn = served.conn
+        if self._served.get(conn) is served:
+            del self._served[conn]
+        if self.router.connections.get(conn.spoke_id) is not conn:
+            return  # already forgotten (remove_connection)
+        if self.router.link_lost(conn, normal_close):
+            logger.info("spoke %s lost its link; its session waits for a resume", conn.spoke_id)
+        elif served.announced:
+            self._disconnected(conn)
+
     def _forget(self, conn: HubConnection) -> None:
-        """Stop serving ``conn`` without closing its link (idempotent)."""
+        """Stop serving ``conn`` without closing its link, and end its session."""
         served = self._served.pop(conn, None)
         if served is not None:
             for task in served.tasks:
                 task.cancel()  # serve_link then returns
-        if self.router.disconnect(conn):
-            call_user(self._on_disconnection, conn.peer, log=logger)
+        if self.router.disconnect(conn) and (served is None or served.announced):
+            self._disconnected(conn)
+
+    def _disconnected(self, conn: HubConnection) -> None:
+        code = conn.close_code
+        logger.info(
+            "spoke %s disconnected (%s)%s",
+            conn.spoke_id,
+            conn.peer.remote_address or conn.peer.endpoint_id or conn.peer.transport,
+            "" if code is None else f" with {code}: {conn.close_reason}",
+        )
+        call_user(self._on_disconnection, conn.peer, log=logger)
 
     def _report_bug(self, error: BaseException) -> None:
         if type(error) not in self._reported_bugs:
@@ -333,43 +463,69 @@ class HubTarget(BaseEventTarget):
             self._service()
 
     def _cut(self, conn: HubConnection) -> None:
-        """The router cut ``conn`` off (B8, disconnect_peer, hub closing):
-        report a slow consumer, then close its link."""
-        if conn.close_code is CloseCode.TRY_AGAIN_LATER:
+        """The router cut ``conn`` off (B8, a heartbeat timeout, bad input,
+        disconnect_peer, hub closing): report a slow consumer, then close its link."""
+        code = conn.close_code
+        if code is CloseCode.TRY_AGAIN_LATER:
             call_user(self._on_backpressure, conn.peer, conn.buffered_at_cut, log=logger)
+        if code not in (CloseCode.GOING_AWAY, CloseCode.NORMAL):
+            logger.warning("closing spoke %s with %s: %s", conn.spoke_id, code, conn.close_reason)
         served = self._served.get(conn)
         if served is not None and served.closing is None:
             served.closing = self.spawn(self._close_link(served))
 
     async def _close_link(self, served: _Served) -> None:
-        """Stop the writer, send what the router left queued (the ``__close``
-        announcement), then close the link with the router's code; bounded by
-        ``close_timeout`` for a peer that stopped reading."""
+        """Stop the writer, send the router's ``__close`` announcement, then
+        close the link with its code; bounded by ``close_timeout`` for a peer
+        that stopped reading."""
         conn, link = served.conn, served.link
         writer = served.tasks[1] if len(served.tasks) > 1 else None
         if writer is not None:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        frames = self.router.take_outgoing(conn)
-        if frames:
+        announcement = self.router.take_announcement(conn)
+        if announcement:
             try:
                 async with asyncio.timeout(self.close_timeout):
-                    await link.send(frames)
+                    await link.send(announcement)
             except LINK_ERRORS:
                 pass  # the close below still tells the reason where the link can
         await link.close(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
-    async def _read_loop(self, conn: HubConnection, link: Link) -> None:
+    async def _read_loop(self, served: _Served) -> None:
         router = self.router
-        async for message in link.messages():
+        async for message in served.link.messages():
+            conn = served.conn
             request = router.receive(conn, message)
             if request is not None:
-                if self._authorize is None:
+                if isinstance(request, Resumed):
+                    self._resumed(served, request.session)
+                elif self._authorize is None:
                     router.apply(conn, request)
                 else:
                     await self._authorize_and_apply(conn, request)
+            if not served.announced and conn.greeted and conn.open:
+                self._announce(served)
             if router.ready or router.cuts:
                 self._service()
+
+    def _announce(self, served: _Served) -> None:
+        served.announced = True
+        conn = served.conn
+        logger.info(
+            "spoke %s connected (%s)",
+            conn.spoke_id,
+            conn.peer.remote_address or conn.peer.endpoint_id or conn.peer.transport,
+        )
+        call_user(self._on_connection, conn.peer, log=logger)
+
+    def _resumed(self, served: _Served, session: HubConnection) -> None:
+        """This link now serves an earlier session of the same spoke."""
+        self._served.pop(served.conn, None)
+        served.conn = session
+        self._served[session] = served
+        served.announced = True  # its spoke was announced with its first link
+        logger.info("spoke %s resumed its session", session.spoke_id)
 
     async def _authorize_and_apply(
         self, conn: HubConnection, request: SubscribeRequest | PublishRequest
@@ -388,3 +544,18 @@ class HubTarget(BaseEventTarget):
             self.router.apply(conn, request)
         else:
             self.router.refuse(conn, request.action, request.topic)
+
+    async def _sweep(self) -> None:
+        """Tick the router: heartbeats that stopped, sessions whose grace ran out."""
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            self.router.tick()
+            self._service()
+
+
+def _peer_fields(peer_info: dict[str, Any]) -> dict[str, Any]:
+    fields = {k: v for k, v in peer_info.items() if k != "subprotocols"}
+    headers = fields.get("headers")
+    if headers is not None and not isinstance(headers, Headers):
+        fields["headers"] = Headers(headers)
+    return fields

@@ -43,6 +43,7 @@ from iroh import (
 from ..core.close import NORMAL_CLOSE_CODES, CloseCode
 from ..core.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, pack_frames
 from ..core.errors import (
+    ConnectionLostError,
     ConnectionRefusedByHubError,
     FramingError,
     LinkClosedError,
@@ -62,7 +63,9 @@ READ_CHUNK_BYTES: Final = 64 * 1024
 DEFAULT_BIND: Final = "127.0.0.1:0"
 #: QUIC's own "no error" code: what a connection closed by an endpoint shutdown carries.
 QUIC_NO_ERROR: Final = 0
-_CLOSE_CODE = re.compile(r"error_code: (\d+)|\(code (\d+)\)")
+REBIND_SECONDS: Final = 2.0
+# "ApplicationClose { error_code: 1013, ...", "... (code 1013)", "closed by peer: 1013"
+_CLOSE_CODE = re.compile(r"error_code: (\d+)|\(code (\d+)\)|closed by peer: (\d+)")
 
 
 def bind_uniffi_loop() -> None:
@@ -112,7 +115,18 @@ async def bind_endpoint(
         alpns=alpns,
         relay_mode=relay_mode if relay_mode is not None else RelayMode.disabled(),
     )
-    return await Endpoint.bind(options)
+    # A closed endpoint lets go of its UDP socket a moment after close()
+    # returns (its Rust tasks wind down): a hub restarted on the same port in
+    # the same process retries briefly instead of failing.
+    deadline = asyncio.get_running_loop().time() + REBIND_SECONDS
+    while True:
+        try:
+            return await Endpoint.bind(options)
+        except IrohError as exc:
+            retry = "Address already in use" in describe(exc) and not bind_addr.endswith(":0")
+            if not retry or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 class EndpointHolder:
@@ -184,7 +198,7 @@ def close_code_of(error: BaseException) -> int | None:
     match = _CLOSE_CODE.search(describe(error))
     if match is None:
         return None
-    return int(match.group(1) or match.group(2))
+    return int(next(group for group in match.groups() if group is not None))
 
 
 class IrohLink:
@@ -217,19 +231,30 @@ class IrohLink:
         if self._recv is None:
             return
         decoder = FrameDecoder(self._max_frame_bytes)
-        read = self._recv.read
         while True:
+            # No local reference to the stream: a traceback kept by the task
+            # that ran this would keep the connection and its endpoint's
+            # socket alive until the cyclic garbage collector runs.
+            recv = self._recv
+            if recv is None:
+                raise ConnectionLostError("iroh link closed")
             try:
-                chunk = await read(READ_CHUNK_BYTES)
+                chunk = await recv.read(READ_CHUNK_BYTES)
+                del recv
             except IrohError as exc:
+                del recv
+                # The close code tells why, even in the middle of a frame: a
+                # peer that closes drops what it had not sent yet.
                 code = close_code_of(exc)
                 if code == CloseCode.POLICY_VIOLATION:
                     raise ConnectionRefusedByHubError(
                         f"hub refused this endpoint: {describe(exc)}"
                     ) from exc
-                if not decoder.at_frame_boundary():
-                    raise FramingError("stream ended inside a frame") from exc
-                if code is not None and code != QUIC_NO_ERROR and code not in NORMAL_CLOSE_CODES:
+                if code is None:  # timed out, reset, or our own close
+                    if not decoder.at_frame_boundary():
+                        raise FramingError("stream ended inside a frame") from None
+                    raise ConnectionLostError(f"iroh connection lost: {describe(exc)}") from None
+                if code != QUIC_NO_ERROR and code not in NORMAL_CLOSE_CODES:
                     raise LinkClosedError(code, describe(exc)) from None
                 return
             if not chunk:
@@ -309,6 +334,8 @@ class IrohAcceptor:
         self._endpoint_id: str | None = None
         self._ticket: str | None = None
         self.refused_peers = 0
+        #: Connections closed because they opened more than the one stream.
+        self.refused_streams = 0
 
     @property
     def endpoint(self) -> Endpoint:
@@ -361,14 +388,50 @@ class IrohAcceptor:
         if task is not None:
             self._handshakes.discard(task)
             self._connections.add(task)
+        guard = asyncio.ensure_future(self._one_stream_only(link))
         try:
             await self._hub.serve_link(link, {"transport": "iroh", "endpoint_id": link.remote_id})
         except TargetClosedError:
             pass
         finally:
             await link.close(CloseCode.NORMAL, "")
+            # Closing the connection ends the guard's pending accepts. Waiting
+            # for that, rather than cancelling them, matters: a cancelled
+            # accept leaves its Rust future, the connection and the endpoint's
+            # socket alive.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(guard, self.handshake_timeout)
             if task is not None:
                 self._connections.discard(task)
+
+    async def _one_stream_only(self, link: IrohLink) -> None:
+        """The protocol uses one bidirectional stream, but QUIC grants a peer
+        about 100 more of each kind and buffers what it writes into them (up to
+        ~238 MiB per connection with the bindings' defaults, which they do not
+        let us lower): the first extra stream closes the connection."""
+        connection = link.connection
+        if connection is None:
+            return
+
+        async def opened(accept: Any) -> bool:
+            try:
+                await accept()
+            except IrohError:  # the connection ended first
+                return False
+            return True
+
+        watchers = [
+            asyncio.ensure_future(opened(connection.accept_bi)),
+            asyncio.ensure_future(opened(connection.accept_uni)),
+        ]
+        del connection  # the link owns it; closing must be able to drop it
+        done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        if any(task.result() for task in done):
+            self.refused_streams += 1
+            logger.warning("closing iroh peer %s: it opened a second stream", link.remote_id)
+            await link.close(CloseCode.POLICY_VIOLATION, "one stream per connection")
+        # The close ends the other accept too (see _handle).
+        await asyncio.gather(*watchers, return_exceptions=True)
 
     async def _handshake(self, incoming: Any, max_frame_bytes: int) -> IrohLink | None:
         """Accept, check the allow-list, wait for the spoke's stream; None if refused."""

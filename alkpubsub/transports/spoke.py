@@ -1,8 +1,9 @@
 """The spoke shell shared by every hub-and-spoke transport.
 
 ``SpokeTarget`` = the core's ``SubscriptionForwarder`` + a supervisor task that
-(re)opens a link with capped, jittered exponential backoff + one writer and one
-reader per link. A transport subclasses it and implements ``open_link()``.
+(re)opens a link with capped, jittered exponential backoff + per link a writer,
+a reader and a watch (the hub's welcome within ``connect_timeout``, then the
+heartbeat). A transport subclasses it and implements ``open_link()``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
-from ..core.close import NORMAL_CLOSE_CODES
-from ..core.codec import DEFAULT_MAX_FRAME_BYTES
-from ..core.envelope import Event
+from ..core.close import FINAL_CLOSE_CODES, NORMAL_CLOSE_CODES, CloseCode
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope
+from ..core.envelope import Event, EventEnvelope
 from ..core.errors import (
+    ConnectionLostError,
     ConnectionRefusedByHubError,
+    DecodeError,
     HubRefusalError,
     LinkClosedError,
     TargetClosedError,
@@ -27,6 +31,7 @@ from ..core.errors import (
 from ..core.forwarder import (
     DEFAULT_MAX_OUTGOING_BYTES,
     DEFAULT_OUTBOX_LIMIT,
+    Acked,
     Closing,
     ForwarderStats,
     HubError,
@@ -37,12 +42,29 @@ from ..core.forwarder import (
     Welcome,
 )
 from ..core.listeners import Listener, ListenerErrorHandler
+from ..core.session import Liveness
 from ..target import BaseEventTarget, call_user
 from .link import LINK_ERRORS, Link, write_loop
 
-__all__ = ["SpokeState", "SpokeTarget"]
+__all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Passed to ``on_session`` each time the hub welcomes a link.
+
+    ``resumed``: the hub continued the previous session (same ``spoke_id``,
+    subscriptions, ``direct:`` inbox, and the events published meanwhile).
+    ``gap``: events published while this spoke was away may be missing.
+    ``undelivered``: events this spoke sent that may not have reached the hub
+    (also passed to ``on_undelivered``)."""
+
+    spoke_id: str | None
+    resumed: bool
+    gap: bool
+    undelivered: int
 
 
 class SpokeTarget(BaseEventTarget, abc.ABC):
@@ -64,17 +86,32 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         wait_connected: bool = True,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
+        session: bool = True,
+        heartbeat_interval: float | None = 1.0,
+        heartbeat_timeout: float = 3.0,
+        flush_timeout: float | None = 30.0,
+        close_timeout: float = 5.0,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[BaseException | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_session: Callable[[SessionInfo], None] | None = None,
+        on_undelivered: Callable[[list[EventEnvelope]], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         send_hello: bool = True,
     ) -> None:
         super().__init__()
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
-        if connect_timeout <= 0:
-            raise ValueError("connect_timeout must be positive")
+        for name, value in (("connect_timeout", connect_timeout), ("close_timeout", close_timeout)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if flush_timeout is not None and flush_timeout <= 0:
+            raise ValueError("flush_timeout must be positive (or None: wait forever)")
+        self._liveness_args = (
+            None if heartbeat_interval is None else (heartbeat_interval, heartbeat_timeout)
+        )
+        if heartbeat_interval is not None:
+            Liveness(heartbeat_interval, heartbeat_timeout)  # validates the pair
         self._forwarder = SubscriptionForwarder(
             max_frame_bytes=max_frame_bytes,
             max_outgoing_bytes=max_outgoing_bytes,
@@ -82,14 +119,20 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             on_listener_error=on_listener_error,
             schedule=self._scheduler,
             send_hello=send_hello,
+            session=session,
+            heartbeat=heartbeat_interval,
         )
         self.connect_timeout = connect_timeout
+        self.flush_timeout = flush_timeout
+        self.close_timeout = close_timeout
         self._wait_connected = wait_connected
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_error = on_error
+        self._on_session = on_session
+        self._on_undelivered = on_undelivered
         self._supervisor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the writer's: the queue has frames
         self._state_changed = asyncio.Event()  # replaced at every transition
@@ -130,7 +173,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
 
     @property
     def spoke_id(self) -> str | None:
-        """The id the hub gave this spoke (``direct:<spoke_id>``), once welcomed."""
+        """The id the hub gave this spoke (``direct:<spoke_id>``); set when
+        ``start()`` returns, and kept across resumed sessions."""
         return self._forwarder.spoke_id
 
     @property
@@ -146,6 +190,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         return self._forwarder.registry.count(topic)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until a link is up and the hub welcomed it."""
         await self._wait_until(lambda state: state is SpokeState.OPEN, timeout)
 
     async def wait_disconnected(self, timeout: float | None = None) -> None:
@@ -188,11 +233,13 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._wake.set()
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Return once the hub processed everything sent before (B4)."""
+        """Return once the hub processed everything sent before (B4).
+
+        ``timeout`` defaults to ``flush_timeout`` (``TimeoutError`` past it)."""
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(self.flush_timeout if timeout is None else timeout):
             while not self._closed:
                 await self.wait_connected()
                 nonce = self._forwarder.new_ping()
@@ -208,7 +255,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                     self._ping_waiters.pop(nonce, None)
 
     async def drain(self) -> None:
-        """Wait until the outgoing queue is back under its low-water mark (B13)."""
+        """Wait until what was accepted and not yet written (or, in a session,
+        not yet confirmed by the hub) is back under its low-water mark (B13)."""
         while not self._forwarder.drained():
             if self._closed:
                 raise TargetClosedError("target is closed")
@@ -218,6 +266,10 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect; returns once the hub welcomed this spoke (``spoke_id`` is
+        set), or raises ``ConnectionError`` after ``connect_timeout``. With
+        ``wait_connected=False`` it returns at once and connects in the
+        background."""
         if self._supervisor is not None:
             return
         if self._closed:
@@ -227,25 +279,40 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         if self._wait_connected:
             try:
                 await self.wait_connected(self.connect_timeout)
-            except TimeoutError:
+            except (TimeoutError, TargetClosedError):
                 last_error = self.last_error
-                await self.aclose()
+                await self._shutdown()
                 detail = f" (last error: {last_error})" if last_error is not None else ""
+                if isinstance(last_error, ConnectionRefusedByHubError):
+                    raise last_error from None
                 raise ConnectionError(
                     f"could not connect to the hub within {self.connect_timeout}s{detail}"
                 ) from None
 
     async def aclose(self) -> None:
+        """Close: first deliver what was accepted (written and, in a session,
+        confirmed by the hub) within ``close_timeout``, then close the link.
+        What could not be delivered is reported to ``on_undelivered``."""
+        if self._closed:
+            return
+        if not self._forwarder.settled() and self._supervisor is not None:
+            with contextlib.suppress(TimeoutError, TargetClosedError):
+                await self.flush(self.close_timeout)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
         if not self._mark_closed():
             return
-        self._forwarder.close()
+        undelivered = self._forwarder.close()
         self._changed()
         self._drained.set()
         self._resolve_pings(False)
-        if self._supervisor is not None:
+        if self._supervisor is not None and self._supervisor is not asyncio.current_task():
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        if undelivered:
+            self._report_undelivered(undelivered, "the target closed before the hub confirmed them")
 
     # -- the supervisor ----------------------------------------------------------------
 
@@ -280,11 +347,23 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             reason = await self._run_link(link)
             if self._closed:
                 return
+            if isinstance(reason, LinkClosedError) and reason.code in FINAL_CLOSE_CODES:
+                # A final refusal (4401/4403): never retried.
+                refusal = ConnectionRefusedByHubError(
+                    f"hub refused this spoke ({reason.code}: {reason.reason or 'refused'})"
+                )
+                self.last_error = refusal
+                self._report(refusal)
+                call_user(self._on_disconnect, reason, log=logger)
+                await self._shutdown()
+                return
             if isinstance(reason, ConnectionRefusedByHubError):
                 self.last_error = reason
                 self._report(reason)
             elif reason is not None and not isinstance(reason, LINK_ERRORS):
                 self._report(reason)
+            if reason is not None:
+                self.last_error = reason
             # A link that died at once counts as a failure: no tight reconnect loop.
             failures = 0 if loop.time() - up_since > self.backoff_max else failures + 1
             call_user(self._on_disconnect, reason, log=logger)
@@ -297,28 +376,59 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         forwarder.connection_made()
         self._changed()
         self._kick()
-        call_user(self._on_connect, log=logger)
-        writer = asyncio.ensure_future(
-            write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
-        )
-        reader = asyncio.ensure_future(self._read_loop(link))
+        if forwarder.state is SpokeState.OPEN:  # no hello: nothing to wait for
+            call_user(self._on_connect, log=logger)
+        tasks = {
+            asyncio.ensure_future(
+                write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
+            ),
+            asyncio.ensure_future(self._read_loop(link)),
+            asyncio.ensure_future(self._watch()),
+        }
         reason: BaseException | None = None
         try:
-            done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     reason = task.exception()
-            reason = self._announced_reason(reason)
+            reason = self._announced_reason(_without_frames(reason))
         finally:
-            writer.cancel()
-            reader.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if not self._closed:
                 forwarder.connection_lost()
                 self._changed()
             self._resolve_pings(False)
-            await link.close()
+            # A link given up on is closed as such, so that the hub keeps the
+            # session for a resume; only closing the spoke ends it.
+            await link.close(CloseCode.NORMAL if self._closed else CloseCode.RECONNECTING)
         return reason
+
+    async def _watch(self) -> None:
+        """The hub must welcome the link within ``connect_timeout``; then the
+        heartbeat: a ping when a tick passed in silence either way, and the
+        link is declared lost after ``heartbeat_timeout`` without a frame."""
+        forwarder = self._forwarder
+        try:
+            await self._wait_until(lambda state: state is SpokeState.OPEN, self.connect_timeout)
+        except TimeoutError:
+            raise ConnectionError(
+                f"the hub did not welcome this spoke within {self.connect_timeout}s"
+            ) from None
+        if self._liveness_args is None:
+            await asyncio.Event().wait()  # no heartbeat: only the reader ends a link
+            return
+        interval, timeout = self._liveness_args
+        liveness = Liveness(interval, timeout)
+        while True:
+            await asyncio.sleep(interval)
+            verdict = liveness.tick(forwarder.frames_received, forwarder.frames_sent)
+            if verdict == Liveness.DEAD:
+                raise ConnectionLostError(f"nothing heard from the hub for {timeout}s")
+            if verdict == Liveness.PING:
+                forwarder.new_ping()
+                self._kick()
 
     def _announced_reason(self, reason: BaseException | None) -> BaseException | None:
         """A link that cannot carry a close code (or lost it behind unread data)
@@ -347,16 +457,47 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 self._kick()
 
     def _handle(self, event: SpokeEvent) -> None:
-        if isinstance(event, Pong):
+        if isinstance(event, Acked):
+            if self._forwarder.drained():
+                self._drained.set()
+        elif isinstance(event, Pong):
             waiter = self._ping_waiters.get(event.nonce)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
+            if self._forwarder.drained():
+                self._drained.set()
         elif isinstance(event, HubError):
             self._report(HubRefusalError(event.code, event.message, event.topic))
         elif isinstance(event, Welcome):
-            self._changed()
+            self._welcomed(event)
         elif isinstance(event, Closing):
             self._announced_close = event
+
+    def _welcomed(self, event: Welcome) -> None:
+        self._changed()
+        if event.undelivered:
+            self._report_undelivered(event.undelivered, "the hub could not resume the session")
+        if event.gap:
+            logger.warning(
+                "%s reconnected as %s; events published while it was away may be missing",
+                type(self).__name__,
+                event.spoke_id,
+            )
+        info = SessionInfo(event.spoke_id, event.resumed, event.gap, len(event.undelivered))
+        call_user(self._on_session, info, log=logger)
+        call_user(self._on_connect, log=logger)
+
+    def _report_undelivered(self, frames: list[bytes], why: str) -> None:
+        """Events accepted by ``dispatch_event`` that may not have reached the
+        hub: never dropped silently (B7)."""
+        envelopes = []
+        for frame in frames:
+            with contextlib.suppress(DecodeError):
+                envelopes.append(decode_envelope(frame))
+        logger.warning(
+            "%s: %d events may not have reached the hub: %s", type(self).__name__, len(frames), why
+        )
+        call_user(self._on_undelivered, envelopes, log=logger)
 
     def _resolve_pings(self, ok: bool) -> None:
         for waiter in self._ping_waiters.values():
@@ -377,3 +518,14 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._forwarder.state.value} id={self.spoke_id}>"
+
+
+def _without_frames(reason: BaseException | None) -> BaseException | None:
+    """A network condition kept as ``last_error`` or passed to callbacks needs
+    no traceback; keeping one would keep the dead link's frames (and its
+    connection) alive."""
+    if isinstance(reason, LINK_ERRORS):
+        reason.__traceback__ = None
+        reason.__context__ = None
+        reason.__cause__ = None
+    return reason

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -26,12 +24,20 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..core.close import NORMAL_CLOSE_CODES, CloseCode
-from ..core.errors import ConnectionRefusedByHubError, LinkClosedError, TargetClosedError
-from .hub import HubTarget
+from ..core.errors import (
+    ConnectionLostError,
+    ConnectionRefusedByHubError,
+    LinkClosedError,
+    TargetClosedError,
+)
+from ..core.headers import Headers
+from .hub import Authenticate, ConnectRequest, HubTarget
 from .link import Link
 from .spoke import SpokeTarget
 
 __all__ = [
+    "Authenticate",
+    "ConnectRequest",
     "HttpRequestInfo",
     "TextFrameLink",
     "WebSocketAcceptor",
@@ -44,18 +50,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: Incoming frames websockets buffers per connection before it stops reading
+#: the socket (each up to max_frame_bytes): part of the memory bound per peer.
+RECEIVE_QUEUE_FRAMES = 4
 
-
-@dataclass(frozen=True)
-class HttpRequestInfo:
-    """What ``authenticate`` sees of the upgrade request."""
-
-    path: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    remote_address: str | None = None
-
-
-Authenticate = Callable[[HttpRequestInfo], bool | int | Awaitable[bool | int]]
+#: The name ``authenticate`` hooks of earlier versions were typed with.
+HttpRequestInfo = ConnectRequest
 
 
 def _address(value: Any) -> str | None:
@@ -99,8 +99,15 @@ class WebsocketsLink:
             while True:
                 yield await recv(decode=False)
         except ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code not in NORMAL_CLOSE_CODES:
-                raise LinkClosedError(exc.rcvd.code, exc.rcvd.reason) from None
+            received = exc.rcvd
+            if received is None:
+                if exc.sent is not None and exc.sent.code in NORMAL_CLOSE_CODES:
+                    return  # we closed it ourselves
+                raise ConnectionLostError(
+                    f"WebSocket connection lost without a close ({exc})"
+                ) from None
+            if received.code not in NORMAL_CLOSE_CODES:
+                raise LinkClosedError(received.code, received.reason) from None
 
     def transport_buffered(self) -> int:
         transport = self.ws.transport
@@ -189,6 +196,12 @@ def _aiohttp_link(ws: Any) -> TextFrameLink:
     return TextFrameLink(ws, ws.send_str, receive, close)
 
 
+def _starlette_headers(connection: Any) -> Headers:
+    return Headers(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in connection.headers.raw
+    )
+
+
 def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]]:
     """Wrap a server-side WebSocket of a supported framework as a ``Link``."""
     link: Link
@@ -197,7 +210,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
         info = {
             "remote_address": _address(connection.remote_address),
             "path": request.path if request is not None else None,
-            "headers": dict(request.headers) if request is not None else {},
+            "headers": Headers(request.headers.raw_items()) if request is not None else Headers(),
         }
         link = WebsocketsLink(connection)
     elif hasattr(connection, "application_state") and hasattr(connection, "send_text"):
@@ -205,7 +218,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
         info = {
             "remote_address": None if client is None else f"{client.host}:{client.port}",
             "path": connection.url.path,
-            "headers": dict(connection.headers),
+            "headers": _starlette_headers(connection),
         }
         link = _starlette_link(connection)
     elif hasattr(connection, "send_str") and hasattr(connection, "prepare"):
@@ -213,7 +226,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
         info = {
             "remote_address": None if request is None else request.remote,
             "path": None if request is None else request.path,
-            "headers": {} if request is None else dict(request.headers),
+            "headers": Headers() if request is None else Headers(request.headers.items()),
         }
         link = _aiohttp_link(connection)
     else:
@@ -223,6 +236,10 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
         )
     info.update({k: v for k, v in peer.items() if v is not None})
     return link, info
+
+
+def _offered_subprotocols(lines: list[str]) -> tuple[str, ...]:
+    return tuple(p.strip() for line in lines for p in line.split(",") if p.strip())
 
 
 class WebSocketAcceptor:
@@ -239,7 +256,6 @@ class WebSocketAcceptor:
         port: int = DEFAULT_PORT,
         path: str = "/",
         ssl: ssl_module.SSLContext | None = None,
-        authenticate: Authenticate | None = None,
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
     ) -> None:
@@ -247,7 +263,6 @@ class WebSocketAcceptor:
         self.port = port
         self.path = path
         self._ssl = ssl
-        self._authenticate = authenticate
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
         self._server: Server | None = None
@@ -266,6 +281,7 @@ class WebSocketAcceptor:
             ssl=self._ssl,
             close_timeout=self._close_timeout,
             ping_interval=self._ping_interval,
+            max_queue=RECEIVE_QUEUE_FRAMES,
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
@@ -278,30 +294,28 @@ class WebSocketAcceptor:
         path = urlsplit(request.path).path
         if self.path not in ("", "*") and path != self.path:
             return connection.respond(404, "Not Found\n")
-        if self._authenticate is None:
-            return None
-        info = HttpRequestInfo(
-            path=request.path,
-            headers=dict(request.headers),
-            remote_address=_address(connection.remote_address),
+        assert self._hub is not None
+        status = await self._hub.admit(
+            ConnectRequest(
+                path=request.path,
+                headers=Headers(request.headers.raw_items()),
+                remote_address=_address(connection.remote_address),
+                transport="ws",
+                subprotocols=_offered_subprotocols(
+                    request.headers.get_all("Sec-WebSocket-Protocol")
+                ),
+            )
         )
-        try:
-            verdict = self._authenticate(info)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception:
-            logger.exception("authenticate raised; refusing the connection")
-            verdict = False
-        if verdict is True:
+        if status is None:
             return None
-        status = verdict if isinstance(verdict, int) and verdict not in (0, 1) else 403
         return connection.respond(status, "Unauthorized\n" if status == 401 else "Forbidden\n")
 
     async def _handle(self, connection: ServerConnection) -> None:
         assert self._hub is not None
         link, info = adapt_connection(connection)
         with contextlib.suppress(TargetClosedError):
-            await self._hub.serve_link(link, {"transport": "ws", **info})
+            # process_request ran the hub's authenticate policy already.
+            await self._hub.serve_link(link, {"transport": "ws", **info}, authenticated=True)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -331,7 +345,7 @@ class WebSocketHub(HubTarget):
         ping_interval: float | None = 20.0,
         **hub_options: Any,
     ) -> None:
-        super().__init__(close_timeout=close_timeout, **hub_options)
+        super().__init__(close_timeout=close_timeout, authenticate=authenticate, **hub_options)
         self.path = path
         self.server: WebSocketAcceptor | None = None
         if serve:
@@ -340,7 +354,6 @@ class WebSocketHub(HubTarget):
                 port=port,
                 path=path,
                 ssl=ssl,
-                authenticate=authenticate,
                 close_timeout=close_timeout,
                 ping_interval=ping_interval,
             )
@@ -361,13 +374,23 @@ class WebSocketHub(HubTarget):
         ownership of the socket: it is closed only on backpressure (B8), on a
         protocol violation, on hub close, or by its own peer.
         """
+        link, info = adapt_connection(connection, **peer)
+        info = {"transport": "ws", **info}
         if hasattr(connection, "application_state"):
             from starlette.websockets import WebSocketState
 
             if connection.application_state == WebSocketState.CONNECTING:
+                # Refuse before accepting, so that the client gets HTTP 403/401.
+                status = await self.admit(ConnectRequest(**info))
+                if status is not None:
+                    await connection.close(
+                        CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
+                    )
+                    return
                 await connection.accept()
-        link, info = adapt_connection(connection, **peer)
-        await self.serve_link(link, {"transport": "ws", **info})
+                await self.serve_link(link, info, authenticated=True)
+                return
+        await self.serve_link(link, info)
 
     def add_connection(self, connection: Any, **peer: Any) -> None:
         """Start serving ``connection`` in the background (H4)."""
