@@ -50,7 +50,7 @@ def js_prerequisites(browser: bool) -> list[str]:
         ).stdout.strip()
         if int(version.lstrip("v").split(".")[0] or 0) < 20:
             problems.append(f"node {version} is too old: the JS spoke needs Node >= 20")
-        for package in ("ws", "playwright-core"):
+        for package in ("ws", "playwright-core", "typescript"):
             if not (JS_DIR / "node_modules" / package).is_dir():
                 problems.append(f"{package} is missing: run `npm ci --prefix tests/js`")
     if browser and not Path(CHROMIUM).exists():

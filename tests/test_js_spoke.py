@@ -66,6 +66,16 @@ def test_js_module_and_types_are_package_data() -> None:
     assert "import " not in module.split("export const PROTOCOL_VERSION")[0]  # no dependencies
 
 
+def test_type_declarations_describe_the_module() -> None:
+    """tests/js/types_check.ts uses the API as docs/javascript.md does; tsc --strict
+    checks it against alkpubsub.d.ts."""
+    require_js(browser=False)
+    node = shutil.which("node") or "node"
+    tsc = [node, str(JS_DIR / "node_modules" / "typescript" / "bin" / "tsc"), "-p", str(JS_DIR)]
+    result = subprocess.run(tsc, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # -- B1: three runtimes on one hub ------------------------------------------------------------
 
 
