@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.resources
 import itertools
 from pathlib import Path
@@ -112,10 +113,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--step", type=float, default=0.5, help="seconds per job step")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the example
         asyncio.run(serve(args.host, args.port, args.step))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

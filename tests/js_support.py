@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -233,7 +233,7 @@ class JsDriver:
 class _StaticHandler(http.server.SimpleHTTPRequestHandler):
     """``/static/*`` from the installed package, ``/js/*`` from tests/js (no node_modules)."""
 
-    extensions_map = {
+    extensions_map: ClassVar[dict[str, str]] = {
         ".html": "text/html; charset=utf-8",
         ".js": "text/javascript; charset=utf-8",
         ".mjs": "text/javascript; charset=utf-8",
@@ -276,7 +276,6 @@ def start_driver(runtime: str, base_url: str | None = None) -> JsDriver:
         assert base_url is not None
         argv = [node, "browser_driver.mjs", base_url]
     return JsDriver(runtime, argv)
-
 
 
 class JsRuntimes:
