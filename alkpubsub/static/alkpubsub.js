@@ -237,25 +237,13 @@ export class WebSocketSpoke {
   }
 
   /** The id the hub gave this connection (for `direct:<spokeId>`), or null while offline. */
-  get spokeId() {
-    return this.#spokeId;
-  }
-  get connected() {
-    return this.#connected;
-  }
-  get closed() {
-    return this.#closed;
-  }
+  get spokeId() { return this.#spokeId; }
+  get connected() { return this.#connected; }
+  get closed() { return this.#closed; }
   /** Events waiting for the next connection. */
-  get outboxSize() {
-    return this.#outbox.length;
-  }
-  get stats() {
-    return { ...this.#stats };
-  }
-  listenerCount(topic) {
-    return this.#listeners.get(topic)?.size ?? 0;
-  }
+  get outboxSize() { return this.#outbox.length; }
+  get stats() { return { ...this.#stats }; }
+  listenerCount(topic) { return this.#listeners.get(topic)?.size ?? 0; }
 
   // -- TypedEventTarget ------------------------------------------------------------------
 
@@ -494,7 +482,8 @@ export class WebSocketSpoke {
     if (listeners === undefined) return;
     const event = Object.freeze({ type: topic, detail: envelope });
     for (const listener of [...listeners]) {
-      if (listeners.has(listener)) this.#invoke(listener, event);
+      // A listener removed (or the spoke closed) by an earlier one is not called.
+      if (!this.#closed && listeners.has(listener)) this.#invoke(listener, event);
     }
   }
 

@@ -29,6 +29,7 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
     if (!listeners.has(key)) {
       listeners.set(key, (event) => {
         report({ event: 'message', spoke, listener: name, topic: event.type, envelope: event.detail });
+        if (name.startsWith('throwing')) throw new Error(`${name} fails on purpose`);
       });
     }
     return listeners.get(key);
@@ -42,6 +43,7 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
         onConnect: (spokeId) => report({ event: 'connect', spoke, spokeId }),
         onDisconnect: (code, reason) => report({ event: 'disconnect', spoke, code, reason }),
         onError: (error) => report({ event: 'error', spoke, error: describe(error), at: Date.now() }),
+        onListenerError: (error, event) => report({ event: 'listener-error', spoke, topic: event.type, error: describe(error) }),
       });
       spokes.set(spoke, created);
       return { url: created.url };
