@@ -329,6 +329,21 @@ async def test_b7_refused_upgrades_are_reported_and_retried_with_backoff(
     assert all(gap >= low for gap, low in zip(gaps, (45, 95, 195), strict=True)), gaps
 
 
+async def test_node_spoke_sends_headers_for_authenticate(node_js: JsDriver) -> None:
+    """The docs' way to authenticate a Node spoke: a `ws` subclass that adds headers."""
+
+    def authenticate(request: HttpRequestInfo) -> bool | int:
+        return request.headers.get("authorization") == "Bearer s3cret" or 401
+
+    async with WebSocketHub(port=0, authenticate=authenticate) as hub:
+        await node_js.request(
+            "create", spoke="s", url=hub.url, headers={"Authorization": "Bearer s3cret"}
+        )
+        await node_js.request("ready", spoke="s")
+        assert len(hub.peers) == 1
+        assert hub.peers[0].headers.get("authorization") == "Bearer s3cret"
+
+
 # -- B10: bad input --------------------------------------------------------------------------------
 
 GARBAGE_TEXT = [

@@ -36,9 +36,15 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
   }
 
   const ops = {
-    create({ spoke, url, options = {} }) {
+    create({ spoke, url, options = {}, headers = null }) {
+      // HTTP headers on the upgrade: only the `ws` package can (a subclass, as in the docs).
+      const Socket = headers === null ? WebSocket : class extends WebSocket {
+        constructor(url, protocols) {
+          super(url, protocols, { headers });
+        }
+      };
       const created = alkpubsub.createWebSocketSpoke(url, {
-        WebSocket,
+        WebSocket: Socket,
         ...options,
         onConnect: (spokeId) => report({ event: 'connect', spoke, spokeId }),
         onDisconnect: (code, reason) => report({ event: 'disconnect', spoke, code, reason }),
