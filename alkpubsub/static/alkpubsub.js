@@ -101,7 +101,8 @@ export function topicOf(envelope) {
 export function makeEnvelope(type, id, payload = null) {
   validateType(type);
   if (type.startsWith(CONTROL_PREFIX)) {
-    throw new ReservedTypeError(`event type ${JSON.stringify(type)} is reserved: types starting with '__' are control frames`);
+    const reason = "types starting with '__' are control frames";
+    throw new ReservedTypeError(`event type ${JSON.stringify(type)} is reserved: ${reason}`);
   }
   if (typeof id !== 'string') throw new InvalidTopicError(`event id must be a string, not ${typeof id}`);
   return Object.freeze({ type, id, payload: payload === undefined ? null : payload });
@@ -145,7 +146,8 @@ export function backoffDelay(failures, initialMs = DEFAULTS.backoffInitialMs, ma
 function withTimeout(promise, timeoutMs, what) {
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new WaitTimeoutError(`${what} did not complete within ${timeoutMs} ms`)), timeoutMs);
+    const expire = () => reject(new WaitTimeoutError(`${what} did not complete within ${timeoutMs} ms`));
+    timer = setTimeout(expire, timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
@@ -159,7 +161,8 @@ function websocketUrl(url) {
     throw new TypeError(`not a WebSocket URL: ${JSON.stringify(url)}`);
   }
   // Relative and http(s) URLs (a page's own origin) become ws(s) URLs.
-  if (parsed.protocol === 'http:' || parsed.protocol === 'https:') parsed.protocol = parsed.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (parsed.protocol === 'http:') parsed.protocol = 'ws:';
+  if (parsed.protocol === 'https:') parsed.protocol = 'wss:';
   if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
     throw new TypeError(`the spoke needs a ws:// or wss:// URL, not ${JSON.stringify(url)}`);
   }
@@ -213,7 +216,8 @@ export class WebSocketSpoke {
   #openWaiters = new Set();
   #ready;
   #settleReady;
-  #stats = { attempts: 0, connections: 0, sentEvents: 0, receivedEvents: 0, invalidFrames: 0, unknownControl: 0, hubErrors: 0 };
+  #stats = { attempts: 0, connections: 0, sentEvents: 0, receivedEvents: 0,
+             invalidFrames: 0, unknownControl: 0, hubErrors: 0 };
 
   constructor(url, options = {}) {
     this.url = websocketUrl(url);
@@ -224,7 +228,9 @@ export class WebSocketSpoke {
     this.#protocols = options.protocols;
     this.#options = { ...DEFAULTS, ...options };
     const { backoffInitialMs, backoffMaxMs, outboxLimit } = this.#options;
-    if (!(backoffInitialMs > 0 && backoffMaxMs >= backoffInitialMs)) throw new RangeError('need 0 < backoffInitialMs <= backoffMaxMs');
+    if (!(backoffInitialMs > 0 && backoffMaxMs >= backoffInitialMs)) {
+      throw new RangeError('need 0 < backoffInitialMs <= backoffMaxMs');
+    }
     if (!(outboxLimit > 0)) throw new RangeError('outboxLimit must be positive');
     this.#ready = new Promise((resolve, reject) => {
       this.#settleReady = (error) => {
@@ -276,25 +282,28 @@ export class WebSocketSpoke {
    */
   dispatchEvent(event) {
     if (this.#closed) throw new TargetClosedError('spoke is closed');
+    const isObject = (value) => value !== null && typeof value === 'object';
     let envelope = event;
-    if (event !== null && typeof event === 'object' && event.detail !== null && typeof event.detail === 'object') {
+    if (isObject(event) && isObject(event.detail)) {
       envelope = event.detail;
       if (event.type !== topicOf(envelope)) {
         throw new InvalidTopicError(`event type ${JSON.stringify(event.type)} does not match its envelope's topic`);
       }
     }
-    if (envelope === null || typeof envelope !== 'object') throw new TypeError('dispatchEvent expects {type, id, payload}');
-    const frame = encode(makeEnvelope(envelope.type, envelope.id, envelope.payload), this.#options.maxFrameBytes);
+    if (!isObject(envelope)) throw new TypeError('dispatchEvent expects {type, id, payload}');
+    const { maxFrameBytes, maxBufferedBytes, outboxLimit } = this.#options;
+    const frame = encode(makeEnvelope(envelope.type, envelope.id, envelope.payload), maxFrameBytes);
     const socket = this.#liveSocket();
     if (socket !== null) {
       const buffered = socket.bufferedAmount;
-      if (buffered > 0 && buffered + frame.length > this.#options.maxBufferedBytes) {
-        throw new BackpressureError(`${buffered} bytes not yet written (maxBufferedBytes=${this.#options.maxBufferedBytes}); await spoke.flush()`);
+      if (buffered > 0 && buffered + frame.length > maxBufferedBytes) {
+        const limit = `maxBufferedBytes=${maxBufferedBytes}`;
+        throw new BackpressureError(`${buffered} bytes not yet written (${limit}); await spoke.flush()`);
       }
       socket.send(frame);
     } else {
-      if (this.#outbox.length >= this.#options.outboxLimit) {
-        throw new BackpressureError(`offline outbox is full (${this.#options.outboxLimit} events); await spoke.flush() to wait for the hub`);
+      if (this.#outbox.length >= outboxLimit) {
+        throw new BackpressureError(`offline outbox is full (${outboxLimit} events); await spoke.flush()`);
       }
       this.#outbox.push(frame);
     }
@@ -316,12 +325,16 @@ export class WebSocketSpoke {
         this.#openWaiters.delete(attempt);
         if (nonce !== null) this.#pendingPings.delete(nonce);
       };
+      const done = () => {
+        finish();
+        resolve();
+      };
       const attempt = () => {
-        if (this.#closed) return finish(), resolve();
-        if (!this.#connected) return void this.#openWaiters.add(attempt);
+        if (this.#closed) return done();
+        if (!this.#connected) return this.#openWaiters.add(attempt);
         nonce = String(++this.#pingCounter);
         // Unanswered when the connection drops: ping again on the next one.
-        this.#pendingPings.set(nonce, (answered) => (answered ? (finish(), resolve()) : attempt()));
+        this.#pendingPings.set(nonce, (answered) => (answered ? done() : attempt()));
         this.#sendControl('__ping', {}, nonce);
       };
       const timer = setTimeout(() => {
@@ -408,7 +421,8 @@ export class WebSocketSpoke {
       // Node's `ws` names the HTTP status of a refused upgrade; browsers hide it.
       const status = Number(/Unexpected server response: (\d{3})/.exec(failure)?.[1] ?? 0) || null;
       const message = `cannot connect to ${this.url}${failure ? `: ${failure}` : ''}`;
-      this.#report(status === 401 || status === 403 ? new ConnectionRefusedByHubError(message, { status }) : new ConnectionFailedError(message, { status }));
+      const Failure = status === 401 || status === 403 ? ConnectionRefusedByHubError : ConnectionFailedError;
+      this.#report(new Failure(message, { status }));
     }
     const pings = [...this.#pendingPings.values()];
     this.#pendingPings.clear();
@@ -508,7 +522,8 @@ export class WebSocketSpoke {
         break;
       case '__error':
         this.#stats.hubErrors += 1;
-        this.#report(new HubRefusalError(String(payload.code ?? 'unknown'), String(payload.message ?? ''), typeof payload.topic === 'string' ? payload.topic : null));
+        const topic = typeof payload.topic === 'string' ? payload.topic : null;
+        this.#report(new HubRefusalError(String(payload.code ?? 'unknown'), String(payload.message ?? ''), topic));
         break;
       default:
         this.#stats.unknownControl += 1; // C2: forward compatibility
@@ -520,7 +535,7 @@ export class WebSocketSpoke {
   #invoke(listener, event) {
     try {
       const result = typeof listener === 'function' ? listener(event) : listener.handleEvent(event);
-      if (result && typeof result.then === 'function') result.then(undefined, (error) => this.#listenerError(error, event));
+      if (typeof result?.then === 'function') result.then(undefined, (error) => this.#listenerError(error, event));
     } catch (error) {
       this.#listenerError(error, event);
     }
