@@ -409,6 +409,7 @@ export class WebSocketSpoke {
     this.#connected = false;
     this.#spokeId = null;
     if (wasConnected) this.#callback('onDisconnect', code, reason);
+    if (this.#closed) return; // onDisconnect closed the spoke
     if (this.#options.finalCloseCodes.includes(code)) {
       const refusal = new ConnectionRefusedByHubError(
         `hub refused this spoke with close code ${code}${reason ? `: ${reason}` : ''}; not reconnecting`,
