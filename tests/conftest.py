@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
 from alkpubsub.testing import BusHarness, IrohBus, MemoryBus, MixedBus, WebSocketBus
+
+from .js_support import JsDriver, JsRuntimes
 
 pytest_plugins = ["alkpubsub.testing.plugin"]
 
@@ -52,3 +57,46 @@ def bus_harness(request: pytest.FixtureRequest) -> BusHarness:
 @pytest.fixture(params=HUB_BUSES)
 def hub_bus_harness(request: pytest.FixtureRequest) -> BusHarness:
     return harness_for(request, request.param)
+
+
+# -- the JavaScript spoke (tests/js_support.py) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def js_runtimes() -> Iterator[JsRuntimes]:
+    runtimes = JsRuntimes()
+    try:
+        yield runtimes
+    finally:
+        runtimes.stop()
+
+
+async def _attached(runtimes: JsRuntimes, runtime: str) -> AsyncIterator[JsDriver]:
+    driver = runtimes.get(runtime)
+    driver.attach(asyncio.get_running_loop())
+    try:
+        yield driver
+    finally:
+        try:
+            await driver.request("reset")
+        finally:
+            driver.detach()
+
+
+@pytest_asyncio.fixture(params=["node", "browser"])
+async def js(request: pytest.FixtureRequest, js_runtimes: JsRuntimes) -> AsyncIterator[JsDriver]:
+    """JS spokes in Node (with `ws`) and in Chromium, one runtime per parameter."""
+    async for driver in _attached(js_runtimes, request.param):
+        yield driver
+
+
+@pytest_asyncio.fixture
+async def node_js(js_runtimes: JsRuntimes) -> AsyncIterator[JsDriver]:
+    async for driver in _attached(js_runtimes, "node"):
+        yield driver
+
+
+@pytest_asyncio.fixture
+async def browser_js(js_runtimes: JsRuntimes) -> AsyncIterator[JsDriver]:
+    async for driver in _attached(js_runtimes, "browser"):
+        yield driver
