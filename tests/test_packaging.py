@@ -23,6 +23,8 @@ import alkpubsub
 # Add package data here when it is added to setup.cfg (e.g. "alkpubsub/static/alkpubsub.js").
 EXPECTED_WHEEL_FILES = (
     "alkpubsub/py.typed",
+    "alkpubsub/static/alkpubsub.js",
+    "alkpubsub/static/alkpubsub.d.ts",
     "{dist_info}/licenses/LICENSE-MIT",
     "{dist_info}/licenses/LICENSE-APACHE",
 )
