@@ -438,7 +438,12 @@ def nats_server_version() -> str:
     return out.stdout.strip().removeprefix("nats-server: ") or "unknown"
 
 
-def machine_facts(options: Options, repeat: int, quick: bool) -> dict[str, Any]:
+def load_averages() -> str:
+    """The 1-minute load average (runnable processes) now."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def machine_facts(options: Options, repeat: int, quick: bool, load_average: str) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     memory = ""
     with contextlib.suppress(OSError):
@@ -459,6 +464,7 @@ def machine_facts(options: Options, repeat: int, quick: bool) -> dict[str, Any]:
         ).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "load_average": load_average,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory": memory,
@@ -505,8 +511,8 @@ def summary_table(medians: dict[str, dict[str, dict[str, float]]]) -> str:
         "| hub CPU % (W1 / W3) | client CPU % (W1 / W3) "
         "| hub CPU µs per delivery (W1 / W3) | client CPU µs per delivery (W1 / W3) "
         "| peak RSS MiB (hub / client) | hub KiB per idle connection "
-        "| lost / duplicates / leaks |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| lost / duplicates / leaks | other load CPU % (W1 / W2 / W3) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for system, by_workload in medians.items():
         faults = [
@@ -541,6 +547,7 @@ def summary_table(medians: dict[str, dict[str, dict[str, float]]]) -> str:
                     ),
                     number(get(system, "IDLE", "hub_kib_per_idle_connection"), 1),
                     " / ".join(number(v) for v in faults),
+                    " / ".join(number(get(system, w, "other_cpu_pct")) for w in ("W1", "W2", "W3")),
                 ]
             )
             + " |"
@@ -592,7 +599,8 @@ def machine_line(facts: dict[str, Any]) -> str:
         f"Measured {facts['date']} at commit {facts['commit'] or 'unknown'}: {facts['cpu']}, "
         f"{facts['cores']} cores, {facts['memory']}, {facts['kernel']}, Python {facts['python']} "
         f"({facts['event_loop']} event loop), pinning: {facts['pinning']}; median of "
-        f"{facts['repeat']} repetitions.{quick} Versions: {versions}."
+        f"{facts['repeat']} repetitions; 1-minute load average {facts['load_average']} the "
+        f"run.{quick} Versions: {versions}."
     )
 
 
@@ -687,9 +695,12 @@ def main(argv: list[str] | None = None) -> None:
         scale["idle_connections"] = args.idle_connections
     hub_core, client_core = choose_cores(args)
     options = Options(args.loop, hub_core, client_core)
+    load_before = load_averages()
     results = run_all(systems, list(args.workloads), args.repeat, scale, options)
     medians = results.medians()
-    facts = machine_facts(options, args.repeat, args.quick)
+    facts = machine_facts(
+        options, args.repeat, args.quick, f"{load_before} before, {load_averages()} after"
+    )
     text = report(medians, facts)
     print(text)
     if args.json:

@@ -394,16 +394,30 @@ def memory_kib(pid: int | str, key: str) -> int:
     raise LookupError(key)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy (or stolen by the hypervisor) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Meter:
-    """CPU of the hub and of this process over a workload's measured interval."""
+    """CPU of the hub, of this process and of everything else over a measured interval.
+
+    ``other_cpu_pct`` is what the rest of the machine (other people's processes,
+    the hypervisor's steal) took meanwhile, in % of one core: on a shared
+    machine it tells which rows were measured under load.
+    """
 
     hub_pid: int
     started: float = 0.0
     hub_cpu: float = 0.0
     client_cpu: float = 0.0
+    machine_busy: float = 0.0
 
     def start(self) -> None:
+        self.machine_busy = machine_busy_seconds()
         self.hub_cpu = process_cpu_seconds(self.hub_pid)
         self.client_cpu = time.process_time()
         self.started = time.perf_counter()
@@ -411,12 +425,15 @@ class Meter:
     def stop(self, deliveries: int, finished_at: float) -> dict[str, float]:
         hub_cpu = process_cpu_seconds(self.hub_pid) - self.hub_cpu
         client_cpu = time.process_time() - self.client_cpu
+        window = time.perf_counter() - self.started
+        other_cpu = machine_busy_seconds() - self.machine_busy - hub_cpu - client_cpu
         elapsed = max(finished_at - self.started, 1e-9)
         per = max(deliveries, 1)
         return {
             "elapsed_s": elapsed,
             "hub_cpu_pct": hub_cpu / elapsed * 100,
             "client_cpu_pct": client_cpu / elapsed * 100,
+            "other_cpu_pct": max(other_cpu, 0.0) / max(window, 1e-9) * 100,
             "hub_cpu_us_per_delivery": hub_cpu / per * 1e6,
             "client_cpu_us_per_delivery": client_cpu / per * 1e6,
         }
