@@ -4,8 +4,9 @@ Built the fast way the bindings allow: one writer task per spoke that coalesces
 every queued frame into one ``write_all``, and reads of up to 64 KiB split into
 length-prefixed frames by hand. Same wire format as alkpubsub, no validation,
 no limits. ``--stock-write`` keeps the bindings' byte-by-byte copy; by default
-it uses the same one-memcpy write path as alkpubsub, so the comparison is about
-the hub, not the FFI copy.
+it uses the same one-memcpy write path as alkpubsub (``_iroh_fast_write.py``),
+so the comparison is about the hub, not the FFI copy. Binds only inside a
+loopback-only network namespace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import signal
 import sys
 from collections import defaultdict
 
+from _benchutil import require_loopback_only
+from _iroh_fast_write import install as install_fast_write
 from iroh import Endpoint, EndpointOptions, EndpointTicket, RelayMode, preset_minimal
 
 ALPN = b"alkpubsub/1"
@@ -76,9 +79,8 @@ async def serve(incoming: object) -> None:
 
 
 async def main() -> None:
+    require_loopback_only()
     if "--stock-write" not in sys.argv:
-        from alkpubsub.transports._iroh_fastpath import install_fast_write
-
         install_fast_write()
     options = EndpointOptions(
         preset=preset_minimal(), bind_addr="127.0.0.1:0", alpns=[ALPN],
