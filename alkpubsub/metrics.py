@@ -32,6 +32,7 @@ __all__ = [
     "HttpHandler",
     "health",
     "render_metrics",
+    "snapshot",
     "websockets_http_handler",
 ]
 
@@ -123,6 +124,26 @@ def render_metrics(hub: HubTarget) -> str:
         )
         out.metric(name, "counter", help_text, [({}, value)])
     return out.text()
+
+
+def snapshot(hub: HubTarget) -> dict[str, int]:
+    """The hub's gauges and counters as one flat dict (for a status line):
+    ``connections``, ``topics``, ``subscriptions``, ``buffered_bytes``,
+    ``listener_errors``, then every counter of ``hub.stats`` by its field name
+    (``connections`` there becomes ``accepted``)."""
+    router = hub.router
+    values = {
+        "connections": len(router.connections),
+        "topics": len(router.subscriptions),
+        "subscriptions": sum(len(subscribers) for subscribers in router.subscriptions.values()),
+        "buffered_bytes": sum(conn.buffered_bytes for conn in router.connections.values()),
+        "listener_errors": hub.listener_errors,
+    }
+    for field in dataclasses.fields(hub.stats):
+        value = getattr(hub.stats, field.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            values["accepted" if field.name == "connections" else field.name] = value
+    return values
 
 
 def _up(hub: HubTarget) -> int:
