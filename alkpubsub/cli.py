@@ -525,7 +525,7 @@ async def run_hub(args: argparse.Namespace) -> None:
     except Exception as exc:  # the iroh bindings raise their own errors
         raise CliError(f"cannot start the hub: {_describe(exc)}") from None
     try:
-        iroh_url = None if iroh_acceptor is None else f"iroh://{iroh_acceptor.ticket}"
+        iroh_url = None if iroh_acceptor is None else _iroh_url(iroh_acceptor, args.iroh_bind)
         if args.json:
             print(json.dumps({"ws": hub.url, "iroh": iroh_url}), flush=True)
         else:
@@ -538,6 +538,20 @@ async def run_hub(args: argparse.Namespace) -> None:
         await _first(*waiters)
     finally:
         await hub.aclose()
+
+
+def _iroh_url(acceptor: Any, bind: str | None) -> str:
+    """``iroh://<ticket>``. With a fixed port, the ticket lists only the addresses on
+    that port: iroh also binds IPv6 on a random port, which would change the
+    ticket at every restart."""
+    port = None if bind is None else bind.rpartition(":")[2]
+    if port in (None, "0"):
+        return f"iroh://{acceptor.ticket}"
+    from iroh import EndpointAddr, EndpointTicket
+
+    endpoint = acceptor.endpoint
+    kept = [a for a in endpoint.addr().direct_addresses() if a.rpartition(":")[2] == port]
+    return f"iroh://{EndpointTicket.from_addr(EndpointAddr(endpoint.id(), None, kept))}"
 
 
 async def _print_stats(hub: Any, interval: float, *, as_json: bool) -> None:
@@ -669,17 +683,39 @@ def _line_event(number: int, line: bytes) -> Event | None:
 async def _stdin_lines(max_line_bytes: int) -> AsyncIterator[bytes]:
     """Lines of stdin as they arrive, read by a thread (pipes, files and terminals
     alike, and Ctrl-C is never held up by a blocking read). At most
-    ``STDIN_READ_AHEAD`` lines are read ahead of the consumer."""
+    ``STDIN_READ_AHEAD`` lines are read ahead of the consumer; a line longer
+    than ``max_line_bytes`` comes back as its first ``max_line_bytes + 1`` bytes."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
     room = threading.Semaphore(STDIN_READ_AHEAD)
-    stdin = sys.stdin.buffer
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        raise CliError("'-' needs a standard input", EXIT_USAGE) from None
+
+    def next_line(pending: bytearray) -> bytes:
+        while True:
+            newline = pending.find(b"\n", 0, max_line_bytes + 1)
+            if newline >= 0 or len(pending) > max_line_bytes:
+                end = newline + 1 if newline >= 0 else max_line_bytes + 1
+                line = bytes(pending[:end])
+                del pending[:end]
+                return line
+            # os.read, not sys.stdin: a daemon thread blocked inside a buffered
+            # reader's lock would abort the interpreter's shutdown after Ctrl-C.
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                line = bytes(pending)
+                pending.clear()
+                return line
+            pending += chunk
 
     def read() -> None:
+        pending = bytearray()
         try:
             while True:
                 room.acquire()
-                line = stdin.readline(max_line_bytes + 1)
+                line = next_line(pending)
                 loop.call_soon_threadsafe(lines.put_nowait, line or None)
                 if not line:
                     return
