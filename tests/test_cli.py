@@ -51,7 +51,12 @@ async def run(
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    out, err = await within(process.communicate(stdin), TIMEOUT)
+    try:
+        out, err = await within(process.communicate(stdin), TIMEOUT)
+    finally:
+        if process.returncode is None:  # timed out: leave no process behind
+            process.kill()
+            await within(process.wait(), TIMEOUT)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
