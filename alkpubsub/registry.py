@@ -17,15 +17,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Final, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, cast, overload
 from urllib.parse import urlsplit
 
 from .core.errors import MissingExtraError, UnknownTransportError
 from .target import TypedEventTarget
 
+if TYPE_CHECKING:  # for the overloads only: never import websockets or iroh at run time
+    from .transports.iroh import IrohHub, IrohSpoke
+    from .transports.memory import MemoryEventTarget
+    from .transports.ws import WebSocketHub, WebSocketSpoke
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ENV_URL",
+    "Transport",
     "available_transports",
     "get_transport",
     "transport_from_config",
@@ -36,6 +43,22 @@ __all__ = [
 
 ENTRY_POINT_GROUP: Final = "alkpubsub.transports"
 ENV_URL: Final = "ALKPUBSUB_URL"
+
+
+class Transport(TypedEventTarget, Protocol):
+    """What the registry returns for a name or URL it cannot type more precisely:
+    a target that is started by ``start()`` or ``async with``."""
+
+    async def start(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -71,9 +94,27 @@ def _load_entry_point(name: str, ep: EntryPoint) -> Callable[..., TypedEventTarg
     return cast(Callable[..., TypedEventTarget], factory)
 
 
-def get_transport(name: str, **options: Any) -> TypedEventTarget:
-    """An unstarted target of transport ``name``; start it with ``async with``."""
-    return _load(name)(**options)
+@overload
+def get_transport(name: Literal["memory"], **options: Any) -> MemoryEventTarget: ...
+@overload
+def get_transport(name: Literal["ws-hub"], **options: Any) -> WebSocketHub: ...
+@overload
+def get_transport(name: Literal["ws-spoke"], **options: Any) -> WebSocketSpoke: ...
+@overload
+def get_transport(name: Literal["iroh-hub"], **options: Any) -> IrohHub: ...
+@overload
+def get_transport(name: Literal["iroh-spoke"], **options: Any) -> IrohSpoke: ...
+@overload
+def get_transport(name: str, **options: Any) -> Transport: ...
+
+
+def get_transport(name: str, **options: Any) -> Transport:
+    """An unstarted target of transport ``name``; start it with ``async with``.
+
+    Our own transport names are typed by their class (``get_transport("ws-hub")``
+    is a ``WebSocketHub``); other names give a ``Transport``.
+    """
+    return cast(Transport, _load(name)(**options))
 
 
 def url_schemes(factory: object) -> tuple[str, ...]:
@@ -107,7 +148,7 @@ def _factory_for_scheme(scheme: str) -> Callable[..., TypedEventTarget]:
     raise UnknownTransportError(message)
 
 
-def transport_from_url(url: str, **options: Any) -> TypedEventTarget:
+def transport_from_url(url: str, **options: Any) -> Transport:
     """``memory://``, ``ws://host:port/path``, ``iroh://<ticket>``, or any scheme a
     registered transport declares."""
     scheme, sep, _ = url.partition("://")
@@ -117,11 +158,11 @@ def transport_from_url(url: str, **options: Any) -> TypedEventTarget:
     factory = _factory_for_scheme(scheme.lower())
     from_url = getattr(factory, "from_url", None)
     if callable(from_url):
-        return cast(TypedEventTarget, from_url(url, **options))
-    return factory(url=url, **options)
+        return cast(Transport, from_url(url, **options))
+    return cast(Transport, factory(url=url, **options))
 
 
-def transport_from_config(config: Mapping[str, Any]) -> TypedEventTarget:
+def transport_from_config(config: Mapping[str, Any]) -> Transport:
     """``{"transport": "ws-spoke", "url": ...}`` or ``{"url": "ws://..."}``."""
     options = dict(config)
     name = options.pop("transport", None)
@@ -137,7 +178,7 @@ def transport_from_config(config: Mapping[str, Any]) -> TypedEventTarget:
 
 def transport_from_env(
     default: str = "memory://", environ: Mapping[str, str] | None = None
-) -> TypedEventTarget:
+) -> Transport:
     """The transport named by ``$ALKPUBSUB_URL`` (or ``default``)."""
     env = os.environ if environ is None else environ
     return transport_from_url(env.get(ENV_URL) or default)

@@ -8,6 +8,7 @@ from alkpubsub.testing import (
     BusHarness,
     CoreConformance,
     HubConformance,
+    PayloadConformance,
     ReconnectConformance,
 )
 
@@ -26,3 +27,7 @@ class TestReconnectConformance(ReconnectConformance):
     @pytest.fixture
     def bus_harness(self, hub_bus_harness: BusHarness) -> BusHarness:
         return hub_bus_harness
+
+
+class TestPayloadConformance(PayloadConformance):
+    """The payload table on memory, ws, iroh and the mixed bus."""

@@ -563,7 +563,11 @@ class HubRouter:
         if self.closed:
             raise TargetClosedError("hub is closed")
         check_user_event(event)
-        self._fan_out(event.type, event.detail)
+        frame = self._fan_out(event.type, event.detail)
+        # Local listeners get the JSON-normalised payload every spoke gets
+        # (same payload semantics on every target; decoded only if listened).
+        if self.registry.count(event.type):
+            event = Event.from_envelope(decode_envelope(frame))
         self.registry.dispatch(event)
         return True
 
@@ -572,12 +576,12 @@ class HubRouter:
         self._fan_out(envelope.topic, envelope)
         self.registry.dispatch(Event.from_envelope(envelope))
 
-    def _fan_out(self, topic: str, envelope: EventEnvelope) -> None:
+    def _fan_out(self, topic: str, envelope: EventEnvelope) -> bytes:
         # H3: encoded once per dispatch; also enforces E6 when nobody listens.
         frame = encode_envelope(envelope, self.max_frame_bytes)
         subscribers = self.subscriptions.get(topic)
         if not subscribers:
-            return
+            return frame
         limit = self.max_buffered_bytes
         ready = self.ready
         for conn in subscribers:
@@ -590,6 +594,7 @@ class HubRouter:
             # B8: the one place where a connection is found too slow.
             if queue.nbytes + conn.held > limit:
                 self._over_limit(conn)
+        return frame
 
     def _over_limit(self, conn: HubConnection) -> None:
         if conn.state is _DETACHED:

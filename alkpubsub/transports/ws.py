@@ -268,6 +268,9 @@ class WebSocketAcceptor:
         self._server: Server | None = None
         self._hub: HubTarget | None = None
         self.url: str | None = None
+        #: Answers plain HTTP requests (health, metrics: ``alkpubsub.metrics``)
+        #: before any upgrade; returns None to let a request through.
+        self.http_handler: Callable[[ServerConnection, Request], Response | None] | None = None
 
     async def start(self, hub: HubTarget) -> None:
         self._hub = hub
@@ -291,6 +294,8 @@ class WebSocketAcceptor:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        if self.http_handler is not None and (response := self.http_handler(connection, request)):
+            return response
         path = urlsplit(request.path).path
         if self.path not in ("", "*") and path != self.path:
             return connection.respond(404, "Not Found\n")
@@ -343,6 +348,8 @@ class WebSocketHub(HubTarget):
         serve: bool = True,
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
+        health_path: str | None = None,
+        metrics_path: str | None = None,
         **hub_options: Any,
     ) -> None:
         super().__init__(close_timeout=close_timeout, authenticate=authenticate, **hub_options)
@@ -358,6 +365,12 @@ class WebSocketHub(HubTarget):
                 ping_interval=ping_interval,
             )
             self.add_acceptor(self.server)
+            if health_path is not None or metrics_path is not None:
+                from ..metrics import websockets_http_handler
+
+                self.server.http_handler = websockets_http_handler(
+                    self, health_path=health_path, metrics_path=metrics_path
+                )
         self._mounted: dict[Any, asyncio.Task[None]] = {}
 
     @property
