@@ -237,9 +237,27 @@ async def test_b10_bad_messages_are_dropped_and_counted(hub: WebSocketHub, case:
         await bad.close()
 
 
-async def test_b10_invalid_utf8_text_frame_is_dropped(hub: WebSocketHub) -> None:
+async def test_b10_invalid_utf8_text_frame_closes_with_1007(hub: WebSocketHub) -> None:
+    """RFC 6455: invalid UTF-8 in a text frame fails the connection with 1007,
+    as ASGI servers and aiohttp do for mounted hubs; it is counted, and only
+    that connection ends."""
+    async with WebSocketSpoke(hub.url) as good:
+        heard = Recorder()
+        good.add_event_listener("t:1", heard)
+        await within(good.flush())
+        bad = await raw_client(hub.url)
+        await bad.send(b'{"type":"t","id":"\xff\xfe"}', text=True)
+        with pytest.raises(ConnectionClosed):
+            await within(bad.recv())
+        assert bad.close_code == 1007
+        hub.dispatch_event(make_event("t", "1", "still flowing"))
+        await heard.wait_for_count(1)
+        assert hub.stats.invalid_frames == 1
+
+
+async def test_b10_invalid_utf8_in_a_binary_frame_is_dropped(hub: WebSocketHub) -> None:
     bad = await raw_client(hub.url)
-    await bad.send(b'{"type":"t","id":"\xff\xfe"}', text=True)
+    await bad.send(b'{"type":"t","id":"\xff\xfe"}')
     (complaint,) = await frames_until_pong(bad)
     assert complaint["payload"]["code"] == "invalid_frame"
     assert hub.stats.invalid_frames == 1

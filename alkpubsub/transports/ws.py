@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import ipaddress
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    NegotiationError,
+)
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 
 from ..core.close import NORMAL_CLOSE_CODES, CloseCode
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES
 from ..core.errors import (
     ConnectionLostError,
     ConnectionRefusedByHubError,
+    FramingError,
     LinkClosedError,
     TargetClosedError,
 )
@@ -50,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: The WebSocket subprotocol of protocol.md, negotiated when a client offers it.
+SUBPROTOCOL: Final = "alkpubsub.v1"
 #: Incoming frames websockets buffers per connection before it stops reading
 #: the socket (each up to max_frame_bytes): part of the memory bound per peer.
 RECEIVE_QUEUE_FRAMES = 4
@@ -94,15 +106,22 @@ class WebsocketsLink:
             raise ConnectionError(f"websocket closed while sending: {exc}") from None
 
     async def messages(self) -> AsyncIterator[bytes | str]:
+        # Text frames are decoded by websockets, which fails a frame of invalid
+        # UTF-8 with 1007 (RFC 6455), as every ASGI server and aiohttp do for
+        # mounted hubs; binary frames (F1) come as bytes.
         recv = self.ws.recv
         try:
             while True:
-                yield await recv(decode=False)
+                yield await recv()
         except ConnectionClosed as exc:
-            received = exc.rcvd
+            received, sent = exc.rcvd, exc.sent
             if received is None:
-                if exc.sent is not None and exc.sent.code in NORMAL_CLOSE_CODES:
+                if sent is not None and sent.code in NORMAL_CLOSE_CODES:
                     return  # we closed it ourselves
+                if sent is not None:  # websockets failed it: 1007, 1009, 1002
+                    raise FramingError(
+                        f"{sent.reason or sent.code}", close_code=sent.code
+                    ) from None
                 raise ConnectionLostError(
                     f"WebSocket connection lost without a close ({exc})"
                 ) from None
@@ -134,13 +153,15 @@ class TextFrameLink:
         self,
         ws: Any,
         send_text: Callable[[str], Awaitable[None]],
-        receive: Callable[[], Awaitable[bytes | str | None]],
+        receive: Callable[[], Awaitable[bytes | str | int | None]],
         close: Callable[[int, str], Awaitable[None]],
+        max_frame_bytes: int,
     ) -> None:
         self.ws = ws
         self._send_text = send_text
         self._receive = receive
         self._close = close
+        self.max_frame_bytes = max_frame_bytes
 
     async def send(self, frames: list[bytes]) -> None:
         send_text = self._send_text
@@ -151,8 +172,19 @@ class TextFrameLink:
             raise ConnectionError(f"websocket send failed: {exc!r}") from exc
 
     async def messages(self) -> AsyncIterator[bytes | str]:
-        receive = self._receive
+        """Messages, checked against E6 as the standalone server does. A
+        framework that ended the connection because of the client's bytes
+        (it decodes text frames itself: invalid UTF-8 is its 1007) yields the
+        close code as an int: a framing violation here too."""
+        receive, limit = self._receive, self.max_frame_bytes
         while (message := await receive()) is not None:
+            if isinstance(message, int):
+                raise FramingError(f"the server closed the connection with {message}", message)
+            if len(message) > limit // 4 and _size(message) > limit:
+                raise FramingError(
+                    f"frame of {_size(message)} bytes above max_frame_bytes={limit}",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
             yield message
 
     def transport_buffered(self) -> int:
@@ -163,12 +195,23 @@ class TextFrameLink:
             await self._close(code, reason)
 
 
-def _starlette_link(ws: Any) -> TextFrameLink:
-    async def receive() -> bytes | str | None:
+def _size(message: bytes | str) -> int:
+    return len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))
+
+
+#: Codes a framework closes with when the client's bytes are at fault.
+_CLIENT_FAULT_CODES = frozenset(
+    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA, CloseCode.MESSAGE_TOO_BIG}
+)
+
+
+def _starlette_link(ws: Any, max_frame_bytes: int) -> TextFrameLink:
+    async def receive() -> bytes | str | int | None:
         while True:
             message = await ws.receive()
             if message["type"] != "websocket.receive":
-                return None
+                code = message.get("code")
+                return code if code in _CLIENT_FAULT_CODES else None
             data = message.get("text")
             if data is None:
                 data = message.get("bytes")
@@ -178,22 +221,25 @@ def _starlette_link(ws: Any) -> TextFrameLink:
     async def close(code: int, reason: str) -> None:
         await ws.close(code, reason)
 
-    return TextFrameLink(ws, ws.send_text, receive, close)
+    return TextFrameLink(ws, ws.send_text, receive, close, max_frame_bytes)
 
 
-def _aiohttp_link(ws: Any) -> TextFrameLink:
+def _aiohttp_link(ws: Any, max_frame_bytes: int) -> TextFrameLink:
     from aiohttp import WSMsgType
 
-    async def receive() -> bytes | str | None:
+    async def receive() -> bytes | str | int | None:
         message = await ws.receive()
         if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             return message.data  # type: ignore[no-any-return]
-        return None  # CLOSE, CLOSING, CLOSED, ERROR
+        code = ws.close_code
+        if message.type is WSMsgType.ERROR or code in _CLIENT_FAULT_CODES:
+            return int(code or CloseCode.PROTOCOL_ERROR)
+        return None  # CLOSE, CLOSING, CLOSED
 
     async def close(code: int, reason: str) -> None:
         await ws.close(code=code, message=reason.encode())
 
-    return TextFrameLink(ws, ws.send_str, receive, close)
+    return TextFrameLink(ws, ws.send_str, receive, close, max_frame_bytes)
 
 
 def _starlette_headers(connection: Any) -> Headers:
@@ -202,7 +248,9 @@ def _starlette_headers(connection: Any) -> Headers:
     )
 
 
-def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]]:
+def adapt_connection(
+    connection: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, **peer: Any
+) -> tuple[Link, dict[str, Any]]:
     """Wrap a server-side WebSocket of a supported framework as a ``Link``."""
     link: Link
     if isinstance(connection, ServerConnection | ClientConnection):
@@ -220,7 +268,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
             "path": connection.url.path,
             "headers": _starlette_headers(connection),
         }
-        link = _starlette_link(connection)
+        link = _starlette_link(connection, max_frame_bytes)
     elif hasattr(connection, "send_str") and hasattr(connection, "prepare"):
         request = peer.pop("request", None)
         info = {
@@ -228,7 +276,7 @@ def adapt_connection(connection: Any, **peer: Any) -> tuple[Link, dict[str, Any]
             "path": None if request is None else request.path,
             "headers": Headers() if request is None else Headers(request.headers.items()),
         }
-        link = _aiohttp_link(connection)
+        link = _aiohttp_link(connection, max_frame_bytes)
     else:
         raise TypeError(
             f"unsupported connection type {type(connection).__qualname__}: expected a "
@@ -242,11 +290,65 @@ def _offered_subprotocols(lines: list[str]) -> tuple[str, ...]:
     return tuple(p.strip() for line in lines for p in line.split(",") if p.strip())
 
 
+def _offers(request: Request, subprotocol: str) -> bool:
+    return subprotocol in _offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
+
+
+def _select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """``alkpubsub.v1`` when offered (other offered values, such as a token
+    riding in a second subprotocol, are for ``authenticate``); none when the
+    client offered none. A client that offers only others gets HTTP 400."""
+    if SUBPROTOCOL in subprotocols:
+        return Subprotocol(SUBPROTOCOL)
+    if not subprotocols:
+        return None
+    raise NegotiationError(f"offer the {SUBPROTOCOL!r} subprotocol (got {list(subprotocols)})")
+
+
+def _refusal(status: int) -> tuple[int, str]:
+    if status == 401:
+        return CloseCode.UNAUTHORIZED, "unauthorized"
+    return CloseCode.FORBIDDEN, "forbidden"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class OriginPolicy:
+    """Which web pages may open a WebSocket to the hub (cross-site WebSocket
+    hijacking: a browser sends the cookies of the hub's site with a page of any
+    site). ``None`` allows every origin; otherwise exact origins
+    (``"https://app.example.com"``) and shell-style patterns
+    (``"https://*.example.com"``), compared case-insensitively. Requests without
+    an ``Origin`` header (non-browser clients, which could forge it anyway) are
+    allowed."""
+
+    def __init__(self, allowed_origins: Iterable[str] | None) -> None:
+        self.patterns = (
+            None if allowed_origins is None else [o.lower().rstrip("/") for o in allowed_origins]
+        )
+
+    def allows(self, origin: str | None) -> bool:
+        if self.patterns is None or origin is None:
+            return True
+        origin = origin.lower().rstrip("/")
+        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.patterns)
+
+
 class WebSocketAcceptor:
     """The standalone WebSocket server of a hub (``websockets.serve``).
 
-    Refuses other paths with HTTP 404 and, with ``authenticate``, unauthorized
-    upgrades with 401/403, before any WebSocket frame is exchanged.
+    Refuses other paths with HTTP 404, pages of origins the hub does not allow
+    with 403, and runs the hub's ``authenticate`` policy before the upgrade: a
+    refused browser (a request with an ``Origin``) gets its WebSocket and then
+    close code 4401/4403, which it can tell from an outage (it never sees an
+    HTTP status); any other client gets HTTP 401/403.
     """
 
     def __init__(
@@ -258,6 +360,7 @@ class WebSocketAcceptor:
         ssl: ssl_module.SSLContext | None = None,
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
+        allowed_origins: Iterable[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -265,9 +368,12 @@ class WebSocketAcceptor:
         self._ssl = ssl
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
+        self.origins = OriginPolicy(allowed_origins)
         self._server: Server | None = None
         self._hub: HubTarget | None = None
         self.url: str | None = None
+        # Browsers refused by authenticate: closed in band once upgraded.
+        self._refused: dict[ServerConnection, int] = {}
         #: Answers plain HTTP requests (health, metrics: ``alkpubsub.metrics``)
         #: before any upgrade; returns None to let a request through.
         self.http_handler: Callable[[ServerConnection, Request], Response | None] | None = None
@@ -285,8 +391,16 @@ class WebSocketAcceptor:
             close_timeout=self._close_timeout,
             ping_interval=self._ping_interval,
             max_queue=RECEIVE_QUEUE_FRAMES,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            select_subprotocol=_select_subprotocol,
         )
         host, port = self._server.sockets[0].getsockname()[:2]
+        if hub.authenticate is None and self.origins.patterns is None and not _loopback(host):
+            logger.warning(
+                "WebSocket hub listens on %s with neither authenticate nor allowed_origins: "
+                "any client, and any web page a browser on the network opens, can connect",
+                host,
+            )
         host = f"[{host}]" if ":" in host else host
         scheme = "wss" if self._ssl is not None else "ws"
         self.url = f"{scheme}://{host}:{port}{self.path}"
@@ -299,6 +413,10 @@ class WebSocketAcceptor:
         path = urlsplit(request.path).path
         if self.path not in ("", "*") and path != self.path:
             return connection.respond(404, "Not Found\n")
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin):
+            logger.warning("refused a WebSocket from origin %r", origin)
+            return connection.respond(403, "Origin not allowed\n")
         assert self._hub is not None
         status = await self._hub.admit(
             ConnectRequest(
@@ -313,11 +431,18 @@ class WebSocketAcceptor:
         )
         if status is None:
             return None
+        if origin is not None and _offers(request, SUBPROTOCOL):
+            self._refused[connection] = status  # a browser: refuse in band
+            return None
         return connection.respond(status, "Unauthorized\n" if status == 401 else "Forbidden\n")
 
     async def _handle(self, connection: ServerConnection) -> None:
         assert self._hub is not None
-        link, info = adapt_connection(connection)
+        status = self._refused.pop(connection, None)
+        if status is not None:
+            await connection.close(*_refusal(status))
+            return
+        link, info = adapt_connection(connection, self._hub.max_frame_bytes)
         with contextlib.suppress(TargetClosedError):
             # process_request ran the hub's authenticate policy already.
             await self._hub.serve_link(link, {"transport": "ws", **info}, authenticated=True)
@@ -345,6 +470,7 @@ class WebSocketHub(HubTarget):
         path: str = "/",
         ssl: ssl_module.SSLContext | None = None,
         authenticate: Authenticate | None = None,
+        allowed_origins: Iterable[str] | None = None,
         serve: bool = True,
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
@@ -354,6 +480,7 @@ class WebSocketHub(HubTarget):
     ) -> None:
         super().__init__(close_timeout=close_timeout, authenticate=authenticate, **hub_options)
         self.path = path
+        self.origins = OriginPolicy(allowed_origins)
         self.server: WebSocketAcceptor | None = None
         if serve:
             self.server = WebSocketAcceptor(
@@ -363,6 +490,7 @@ class WebSocketHub(HubTarget):
                 ssl=ssl,
                 close_timeout=close_timeout,
                 ping_interval=ping_interval,
+                allowed_origins=allowed_origins,
             )
             self.add_acceptor(self.server)
             if health_path is not None or metrics_path is not None:
@@ -383,27 +511,34 @@ class WebSocketHub(HubTarget):
     async def serve_connection(self, connection: Any, **peer: Any) -> None:
         """Serve an accepted WebSocket until it closes (for a framework's handler).
 
-        Starlette sockets not yet accepted are accepted here. The caller keeps
-        ownership of the socket: it is closed only on backpressure (B8), on a
-        protocol violation, on hub close, or by its own peer.
+        The hub's policies apply as on its own server: allowed origins,
+        ``authenticate`` (a refused browser gets 4401/4403 in band), and the
+        ``alkpubsub.v1`` subprotocol. Starlette sockets not yet accepted are
+        accepted here (with that subprotocol when offered); an aiohttp
+        ``WebSocketResponse`` is prepared by the caller (give it
+        ``protocols=["alkpubsub.v1"]``). The caller keeps ownership of the
+        socket: it is closed only on backpressure (B8), on a protocol
+        violation, on a refusal, on hub close, or by its own peer.
         """
-        link, info = adapt_connection(connection, **peer)
+        link, info = adapt_connection(connection, self.max_frame_bytes, **peer)
         info = {"transport": "ws", **info}
+        request = ConnectRequest(**info)
+        origin = request.headers.get("Origin")
+        allowed = self.origins.allows(origin)
+        status = await self.admit(request) if allowed else 403
         if hasattr(connection, "application_state"):
             from starlette.websockets import WebSocketState
 
             if connection.application_state == WebSocketState.CONNECTING:
-                # Refuse before accepting, so that the client gets HTTP 403/401.
-                status = await self.admit(ConnectRequest(**info))
-                if status is not None:
-                    await connection.close(
-                        CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
-                    )
+                offered = tuple(connection.scope.get("subprotocols", ()))
+                if status is not None and (not allowed or origin is None):
+                    await connection.close(_refusal(status)[0])  # before accepting: HTTP 403
                     return
-                await connection.accept()
-                await self.serve_link(link, info, authenticated=True)
-                return
-        await self.serve_link(link, info)
+                await connection.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if status is not None:
+            await link.close(*_refusal(status))
+            return
+        await self.serve_link(link, info, authenticated=True)
 
     def add_connection(self, connection: Any, **peer: Any) -> None:
         """Start serving ``connection`` in the background (H4)."""
@@ -471,6 +606,7 @@ class WebSocketSpoke(SpokeTarget):
                 open_timeout=None,  # bounded by connect_timeout in the supervisor
                 ping_interval=self._ping_interval,
                 close_timeout=2.0,
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 **tls,
             )
         except InvalidStatus as exc:
