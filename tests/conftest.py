@@ -52,3 +52,17 @@ def bus_harness(request: pytest.FixtureRequest) -> BusHarness:
 @pytest.fixture(params=HUB_BUSES)
 def hub_bus_harness(request: pytest.FixtureRequest) -> BusHarness:
     return harness_for(request, request.param)
+
+
+@pytest.fixture
+def redis_server_binary() -> str:
+    """A real redis-server for the Redis tests: under CI a missing binary fails
+    the run (``.ci/run`` installs it), elsewhere the tests skip."""
+    from alkpubsub.testing.redis import RedisServerMissing, find_redis_server
+
+    try:
+        return find_redis_server()
+    except RedisServerMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
