@@ -81,15 +81,16 @@ async def test_b6_one_subscribe_per_topic_and_unsubscribe_with_the_last(
         assert await command_calls(spy, "unsubscribe") == 1
 
 
-async def test_garbage_on_a_channel_is_counted_and_skipped(
-    server: RedisServer, spy: Any
-) -> None:
+async def test_garbage_on_a_channel_is_counted_and_skipped(server: RedisServer, spy: Any) -> None:
     """B10 on Redis: not JSON, wrong shapes, a topic that is not the channel's,
     a control type, an oversized message: each is counted and skipped; the
     reader goes on and delivers the next valid envelope."""
     errors: list[BaseException] = []
     target = RedisEventTarget(
-        server.url, prefix="g:", max_frame_bytes=1000, on_listener_error=lambda *a: errors.append(a[0])
+        server.url,
+        prefix="g:",
+        max_frame_bytes=1000,
+        on_listener_error=lambda exc, *_: errors.append(exc),
     )
     async with target:
         heard, control_heard = Recorder(), Recorder("control")
