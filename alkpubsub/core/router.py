@@ -21,7 +21,7 @@ from .close import CloseCode
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import Event, EventEnvelope, check_user_event
 from .errors import DecodeError, TargetClosedError
-from .listeners import ListenerErrorHandler, ListenerRegistry, Scheduler
+from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
 
 __all__ = [
@@ -178,6 +178,14 @@ class HubRouter:
         #: Connections the router cut off (B8): the shell closes their links.
         self.cuts: list[HubConnection] = []
         self.closed = False
+        # -- bridge (SPEC H6): state pulled by transports/bridge.HubBridge ----------
+        #: Set by a bridge: track interest, hold pongs, keep what enters the hub.
+        self.bridged = False
+        #: Set when a take_* list of the bridge gets something; the bridge clears it.
+        self.bridge_work = False
+        self._interest_changes: dict[str, bool] = {}
+        self._outbound: list[EventEnvelope] = []
+        self._held_pongs: list[tuple[HubConnection, str]] = []
 
     # -- connections -----------------------------------------------------------
 
@@ -258,7 +266,11 @@ class HubRouter:
             else:
                 self.unsubscribe(conn, topic)
         elif kind == control.PING:
-            self._send_control(conn, control.pong(envelope.id))
+            if self.bridged:  # H6: answered once the bridge confirmed what came before
+                self._held_pongs.append((conn, envelope.id))
+                self.bridge_work = True
+            else:
+                self._send_control(conn, control.pong(envelope.id))
         elif kind == control.HELLO:
             conn.said_hello = True
         elif kind == control.PONG:
@@ -277,7 +289,10 @@ class HubRouter:
         if conn.state is not ConnectionState.OPEN or topic in conn.topics:
             return
         conn.topics.add(topic)
-        self.subscriptions.setdefault(topic, {})[conn] = None
+        subscribers = self.subscriptions.setdefault(topic, {})
+        if not subscribers and self.bridged and topic not in self.registry:
+            self._interest(topic, True)  # H6
+        subscribers[conn] = None
 
     def unsubscribe(self, conn: HubConnection, topic: str) -> None:
         if topic in conn.topics:
@@ -297,6 +312,9 @@ class HubRouter:
         else:
             self.stats.relayed_events += 1
             self.publish(request.envelope)
+            if self.bridged:  # H6: what enters the hub goes to the bridge once
+                self._outbound.append(request.envelope)
+                self.bridge_work = True
 
     def dispatch(self, event: Event) -> bool:
         """The hub's own ``dispatch_event`` (H1)."""
@@ -305,6 +323,9 @@ class HubRouter:
         check_user_event(event)
         self._fan_out(event.type, event.detail)
         self.registry.dispatch(event)
+        if self.bridged:  # H6
+            self._outbound.append(event.detail)
+            self.bridge_work = True
         return True
 
     def publish(self, envelope: EventEnvelope) -> None:
@@ -389,9 +410,57 @@ class HubRouter:
             subscribers.pop(conn, None)
             if not subscribers:
                 del self.subscriptions[topic]
+                if self.bridged and topic not in self.registry:
+                    self._interest(topic, False)  # H6
 
     def _send_control(self, conn: HubConnection, envelope: EventEnvelope) -> None:
         if conn.state is not ConnectionState.OPEN:
             return
         if conn.queue.push(ControlFrame(encode_envelope(envelope, self.max_frame_bytes))):
             self.ready.append(conn)
+
+    # -- bridge (SPEC H6): pulled by transports/bridge.HubBridge -----------------------
+
+    def add_listener(self, topic: str, listener: Listener | None) -> None:
+        """A local listener of the hub (H1); counts toward the bridge's interest."""
+        if self.registry.add(topic, listener) and self.bridged and topic not in self.subscriptions:
+            self._interest(topic, True)
+
+    def remove_listener(self, topic: str, listener: Listener | None) -> None:
+        if (
+            self.registry.remove(topic, listener)
+            and self.bridged
+            and topic not in self.subscriptions
+        ):
+            self._interest(topic, False)
+
+    def has_interest(self, topic: str) -> bool:
+        """Whether a connection or a local listener wants ``topic``."""
+        return topic in self.subscriptions or topic in self.registry
+
+    def interests(self) -> list[str]:
+        """Every topic that a connection or a local listener wants."""
+        return list(dict.fromkeys([*self.subscriptions, *self.registry.topics()]))
+
+    def take_interest_changes(self) -> dict[str, bool]:
+        """Topics whose union interest (connections + local listeners) went
+        0 -> 1 (True) or 1 -> 0 (False) since the last call; the latest state only."""
+        changes, self._interest_changes = self._interest_changes, {}
+        return changes
+
+    def take_outbound(self) -> list[EventEnvelope]:
+        """Envelopes that entered the hub (from a spoke or ``dispatch``), for the bridge."""
+        outbound, self._outbound = self._outbound, []
+        return outbound
+
+    def take_held_pongs(self) -> list[tuple[HubConnection, str]]:
+        """``__ping`` nonces held until the bridge confirmed what came before."""
+        pongs, self._held_pongs = self._held_pongs, []
+        return pongs
+
+    def send_pong(self, conn: HubConnection, nonce: str) -> None:
+        self._send_control(conn, control.pong(nonce))
+
+    def _interest(self, topic: str, wanted: bool) -> None:
+        self._interest_changes[topic] = wanted
+        self.bridge_work = True
