@@ -1,6 +1,7 @@
 """``alkpubsub``: serve a hub, subscribe, publish from the shell.
 
 alkpubsub hub [--host H] [--port P]       serve a WebSocket hub, print its URL
+              [--bridge redis://...]      ...bridged with every hub on that Redis (one bus)
 alkpubsub sub URL TOPIC [TOPIC ...]       print received envelopes as JSON lines
 alkpubsub pub URL TYPE ID [PAYLOAD_JSON]  publish one envelope
 alkpubsub pub URL -                       publish one envelope per stdin line
@@ -58,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve Iroh (P2P QUIC) on the same bus and print its iroh:// URL "
         "(endpoint bound to 127.0.0.1, relays off)",
+    )
+    hub.add_argument(
+        "--bridge",
+        metavar="URL",
+        help="bridge through a broker (redis://host:port/db): every hub on the same "
+        "Redis forms one bus with this one",
+    )
+    hub.add_argument(
+        "--bridge-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="channel prefix on the broker (default alkpubsub:); hubs share a bus "
+        "only with the same prefix",
     )
     hub.add_argument(
         "--iroh-key",
@@ -118,7 +132,14 @@ async def _start(target: TypedEventTarget, url: str) -> None:
 async def run_hub(args: argparse.Namespace) -> None:
     from .transports.ws import WebSocketHub
 
-    hub = WebSocketHub(host=args.host, port=args.port, path=args.path)
+    bridge: Any = None
+    if args.bridge:
+        options = {} if args.bridge_prefix is None else {"prefix": args.bridge_prefix}
+        try:
+            bridge = transport_from_url(args.bridge, **options)
+        except (AlkPubSubError, ValueError, TypeError) as exc:
+            raise CliError(f"bad bridge URL {args.bridge!r}: {exc}", EXIT_USAGE) from None
+    hub = WebSocketHub(host=args.host, port=args.port, path=args.path, bridge=bridge)
     iroh_acceptor = None
     if args.iroh:
         try:
@@ -129,6 +150,9 @@ async def run_hub(args: argparse.Namespace) -> None:
         hub.add_acceptor(iroh_acceptor)
     try:
         await hub.start()
+    except (ConnectionError, AlkPubSubError) as exc:  # the bridge's broker
+        await hub.aclose()
+        raise CliError(f"cannot start the bridge: {exc}") from None
     except OSError as exc:
         await hub.aclose()
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
