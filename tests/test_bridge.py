@@ -265,10 +265,12 @@ async def test_h6_bridge_outbox_is_bounded(bridged: BridgedBus) -> None:
     await within(bridged.server.kill())
     await within(hub_a.bridge.target.wait_disconnected())
     accepted = 0
-    with pytest.raises(BackpressureError):
-        for i in range(20_000):
-            hub_a.dispatch_event(make_event("o", "t", i))
-            accepted += 1
+    while accepted < 20_000:
+        try:
+            hub_a.dispatch_event(make_event("o", "t", accepted))
+        except BackpressureError:
+            break
+        accepted += 1
     assert accepted == DEFAULT_OUTBOX_LIMIT + 20  # the target's outbox, then the bridge's
     local = Recorder("local")
     spoke_a.add_event_listener("o:t", local)
@@ -365,7 +367,7 @@ async def test_cli_bridge_unreachable_is_one_clear_line(redis_server_binary: str
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await within(process.communicate(), 30)
+    _, err = await within(process.communicate(), 30)
     assert process.returncode == 1
     assert err.decode().count("\n") == 1
     assert "cannot start the bridge" in err.decode()
