@@ -293,13 +293,15 @@ async def run_raw(
             clients.append(client)
             pubsub = client.pubsub()
             await pubsub.subscribe(f"raw:{topics[index]}")
+            # subscribe() only sends the command: read Redis's confirmation.
+            confirmation = await pubsub.get_message(timeout=10.0)
+            assert confirmation is not None
+            assert confirmation["type"] == "subscribe"
             readers.append(asyncio.ensure_future(read(pubsub, counters[index])))
         publisher = Redis.from_url(server.url)
         clients.append(publisher)
         distinct = sorted(set(topics))
         channels = [f"raw:{t}" for t in distinct]
-        while await redis_snapshot(spy, channels) * len(channels) < subscribers:
-            await asyncio.sleep(0.01)  # subscribe() does not wait for Redis's confirmation
 
         async def publish() -> None:
             batch = 500
@@ -395,15 +397,13 @@ async def main() -> None:
     print(table(results))
     print(ratios(results))
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(
-                [
-                    asdict(r) | {"lost": r.lost, "deliveries_per_s": r.deliveries_per_s}
-                    for r in results
-                ],
-                out,
-                indent=2,
-            )
+        write_json(args.json, results)
+
+
+def write_json(path: str, results: list[Result]) -> None:
+    rows = [asdict(r) | {"lost": r.lost, "deliveries_per_s": r.deliveries_per_s} for r in results]
+    with open(path, "w") as out:
+        json.dump(rows, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,27 @@ async def test_echo_false_never_hears_itself(server: RedisServer) -> None:
         assert quiet_heard.payloads == ["from other"]
         assert sorted(other_heard.payloads) == ["from other", "from quiet"]
         assert quiet.redis_stats.own_echoes == 1
+
+
+async def test_rediss_url_over_tls(tmp_path: Any) -> None:
+    """rediss:// connects over TLS (a real redis-server with a test CA)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = [tmp_path / name for name in ("cert.pem", "key.pem", "ca.pem")]
+    cert.cert_chain_pems[0].write_to_path(files[0])
+    cert.private_key_pem.write_to_path(files[1])
+    ca.cert_pem.write_to_path(files[2])
+    tls = (str(files[0]), str(files[1]), str(files[2]))
+    async with RedisServer(tls=tls) as server:
+        assert server.url.startswith("rediss://")
+        target = transport_from_url(
+            server.url, prefix="s:", redis_options={"ssl_ca_certs": str(files[2])}
+        )
+        async with target:
+            heard = Recorder()
+            target.add_event_listener("s:t", heard)
+            await within(target.flush())
+            target.dispatch_event(make_event("s", "t", "secure"))
+            await heard.wait_for_payload("secure")

@@ -71,12 +71,15 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         args: Sequence[str] = (),
+        tls: tuple[str, str, str] | None = None,
         start_timeout: float = 10.0,
     ) -> None:
         self.binary = find_redis_server()
         self.port = port
         self.password = password
         self.args = list(args)
+        #: (cert file, key file, CA file): serve TLS only (``rediss://``).
+        self.tls = tls
         self.start_timeout = start_timeout
         self.process: asyncio.subprocess.Process | None = None
         self.log: deque[str] = deque(maxlen=50)
@@ -87,7 +90,8 @@ class RedisServer:
         if self.port is None:
             raise RuntimeError("server not started")
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -110,10 +114,15 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start: {' | '.join(self.log)}")
 
     async def _launch(self, port: int) -> bool:
+        if self.tls is None:
+            listen = ["--port", str(port)]
+        else:
+            cert, key, ca = self.tls
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", cert]
+            listen += ["--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         command = [
             self.binary,
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
