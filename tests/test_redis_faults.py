@@ -304,3 +304,35 @@ async def test_rediss_url_over_tls(tmp_path: Any) -> None:
             await within(target.flush())
             target.dispatch_event(make_event("s", "t", "secure"))
             await heard.wait_for_payload("secure")
+
+
+async def test_acl_refused_subscribe_is_reported_not_fatal(server: RedisServer, spy: Any) -> None:
+    """An ACL user without access to a channel: that SUBSCRIBE is refused,
+    reported to on_error (HubRefusalError 'forbidden') and counted; the target
+    stays connected and its allowed topics work."""
+    from alkpubsub import HubRefusalError
+
+    await spy.execute_command(
+        "ACL", "SETUSER", "limited", "on", ">pw", "resetchannels", "&a:ok:*", "+@all", "~*"
+    )
+    refused = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        if isinstance(exc, HubRefusalError):
+            refused.set()
+
+    url = f"redis://limited:pw@127.0.0.1:{server.port}/0"
+    async with RedisEventTarget(url, prefix="a:", on_error=on_error) as target:
+        allowed, forbidden = Recorder("allowed"), Recorder("forbidden")
+        target.add_event_listener("nope:t", forbidden)
+        target.add_event_listener("ok:t", allowed)
+        await within(refused.wait())
+        await within(target.flush())
+        target.dispatch_event(make_event("ok", "t", "fine"))
+        await allowed.wait_for_payload("fine")
+        assert target.redis_stats.subscribe_errors == 1
+        assert target.connected
+        assert forbidden.events == []
+        assert [getattr(e, "code", None) for e in errors] == ["forbidden"]

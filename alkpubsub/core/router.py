@@ -434,14 +434,6 @@ class HubRouter:
         ):
             self._interest(topic, False)
 
-    def has_interest(self, topic: str) -> bool:
-        """Whether a connection or a local listener wants ``topic``."""
-        return topic in self.subscriptions or topic in self.registry
-
-    def interests(self) -> list[str]:
-        """Every topic that a connection or a local listener wants."""
-        return list(dict.fromkeys([*self.subscriptions, *self.registry.topics()]))
-
     def take_interest_changes(self) -> dict[str, bool]:
         """Topics whose union interest (connections + local listeners) went
         0 -> 1 (True) or 1 -> 0 (False) since the last call; the latest state only."""

@@ -119,6 +119,8 @@ class HubBridge:
         self._below_low_water.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._drainer: asyncio.Task[None] | None = None
+        self._next_pongs: list[tuple[HubConnection, str]] = []
+        self._confirmer: asyncio.Task[None] | None = None
         self._warned_drop = False
         self._closed = False
 
@@ -298,15 +300,25 @@ class HubBridge:
     def _answer(self, pongs: list[tuple[HubConnection, str]]) -> None:
         if not self.target.connected:
             self._send_pongs(pongs, confirmed=False)
-        else:
-            self._spawn(self._confirm_then_answer(pongs))
+            return
+        # One confirmation in flight at a time: pings that arrive meanwhile wait
+        # for the next one (which starts after them), so a hub whose spokes ping
+        # often sends the broker one PING per round trip, not one per spoke.
+        self._next_pongs.extend(pongs)
+        if self._confirmer is None:
+            self._confirmer = self._spawn(self._confirm_rounds())
 
-    async def _confirm_then_answer(self, pongs: list[tuple[HubConnection, str]]) -> None:
-        confirmed = False
+    async def _confirm_rounds(self) -> None:
         try:
-            confirmed = await self._confirm()
+            while self._next_pongs:
+                pongs, self._next_pongs = self._next_pongs, []
+                confirmed = False
+                try:
+                    confirmed = await self._confirm()
+                finally:
+                    self._send_pongs(pongs, confirmed=confirmed)
         finally:
-            self._send_pongs(pongs, confirmed=confirmed)
+            self._confirmer = None
 
     def _send_pongs(self, pongs: list[tuple[HubConnection, str]], *, confirmed: bool) -> None:
         router = self.router
