@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print received envelopes as JSON lines",
         description="Subscribe to topics ('type:id') and print each envelope as one JSON line.",
     )
-    sub.add_argument("url", help="hub URL: ws://host:port/path or iroh://<ticket>")
+    sub.add_argument("url", help="ws://host:port/path, iroh://<ticket> or redis://host:port/db")
     sub.add_argument("topics", nargs="+", metavar="TOPIC", help="topic 'type:id' to subscribe")
     sub.add_argument("--count", type=int, default=None, help="exit after N envelopes")
     sub.add_argument(
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             '{"type": ..., "id": ..., "payload": ...}.'
         ),
     )
-    pub.add_argument("url", help="hub URL: ws://host:port/path or iroh://<ticket>")
+    pub.add_argument("url", help="ws://host:port/path, iroh://<ticket> or redis://host:port/db")
     pub.add_argument("type", metavar="TYPE", help="event type, or '-' to read stdin")
     pub.add_argument("id", metavar="ID", nargs="?", help="event id")
     pub.add_argument(

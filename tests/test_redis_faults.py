@@ -336,3 +336,24 @@ async def test_acl_refused_subscribe_is_reported_not_fatal(server: RedisServer, 
         assert target.connected
         assert forbidden.events == []
         assert [getattr(e, "code", None) for e in errors] == ["forbidden"]
+
+
+async def test_cli_sub_and_pub_straight_on_redis(server: RedisServer) -> None:
+    """The README's `alkpubsub sub/pub redis://...`: the CLI works on Redis too."""
+    import sys
+
+    subscriber = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alkpubsub", "sub", server.url, "cli.test:1", "--count", "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert subscriber.stderr is not None
+    ready = await within(subscriber.stderr.readline(), 15)
+    assert b"subscribed" in ready
+    publisher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alkpubsub", "pub", server.url, "cli.test", "1", '{"n": 1}',
+    )  # fmt: skip
+    assert await within(publisher.wait(), 15) == 0
+    out, _ = await within(subscriber.communicate(), 15)
+    assert json.loads(out) == {"type": "cli.test", "id": "1", "payload": {"n": 1}}
+    assert subscriber.returncode == 0
