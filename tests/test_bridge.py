@@ -372,3 +372,26 @@ async def test_cli_bridge_unreachable_is_one_clear_line(redis_server_binary: str
     assert err.decode().count("\n") == 1
     assert "cannot start the bridge" in err.decode()
     assert "127.0.0.1" in err.decode()
+
+
+async def test_h6_bridged_event_too_large_for_one_hub(redis_server_binary: str) -> None:
+    """E6 across hubs with different limits: an envelope larger than the
+    receiving hub's max_frame_bytes is counted there and not relayed; the
+    next one arrives."""
+    from alkpubsub.transports.ws import WebSocketHub
+
+    async with RedisServer() as server:
+        big_hub = WebSocketHub(port=0, bridge=server.url)
+        small_hub = WebSocketHub(port=0, bridge=server.url, max_frame_bytes=1000)
+        async with big_hub, small_hub, transport_from_url(small_hub.url) as spoke:
+            heard = Recorder()
+            spoke.add_event_listener("big:t", heard)
+            await flush_all(spoke)
+            big_hub.dispatch_event(make_event("big", "t", "x" * 2000))
+            big_hub.dispatch_event(make_event("big", "t", "small"))
+            await heard.wait_for_payload("small")
+            assert heard.payloads == ["small"]
+            assert small_hub.bridge is not None
+            # Dropped by the hub's Redis target already (same limit as its hub).
+            assert small_hub.bridge.target.redis_stats.oversized == 1  # type: ignore[attr-defined]
+            assert small_hub.bridge.stats.received == 1

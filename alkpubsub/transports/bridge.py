@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.envelope import Event, EventEnvelope
-from ..core.errors import AlkPubSubError, BackpressureError, TargetClosedError
+from ..core.errors import (
+    AlkPubSubError,
+    BackpressureError,
+    FrameTooLargeError,
+    TargetClosedError,
+)
 from ..core.router import HubConnection, HubRouter
 from ..target import TypedEventTarget, call_user
 
@@ -76,6 +81,7 @@ class BridgeStats:
     received: int = 0  # events from the broker, delivered locally
     dropped: int = 0  # events from spokes not bridged: both outboxes were full
     unconfirmed_pongs: int = 0  # pings answered without the broker's confirmation
+    too_large: int = 0  # bridged events above this hub's max_frame_bytes (E6)
     topics: int = 0  # topics subscribed on the broker
 
 
@@ -195,7 +201,12 @@ class HubBridge:
         if router.closed:
             return
         self.stats.received += 1
-        router.publish(event.detail)
+        try:
+            router.publish(event.detail)
+        except FrameTooLargeError as exc:  # another hub allows larger envelopes (E6)
+            self.stats.too_large += 1
+            logger.debug("bridged event not relayed: %s", exc)
+            return
         self._service_hub()
 
     # -- publishing -----------------------------------------------------------------------------
