@@ -10,6 +10,7 @@ namespace of ``.ci/run`` the machine's own Redis is not reachable: start one.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -211,16 +212,12 @@ class BrokerBus(BusHarness):
     """A bus of symmetric targets on one broker that the harness can restart
     (``BrokerReconnectConformance``)."""
 
-    @property
-    def targets(self) -> list[Any]:
-        raise NotImplementedError
-
+    @abc.abstractmethod
     async def restart_broker(
         self, before_start: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         """Stop the broker and start it again at the same address; ``before_start``
         runs while it is down."""
-        raise NotImplementedError
 
 
 class RedisBus(BrokerBus):
@@ -232,10 +229,6 @@ class RedisBus(BrokerBus):
     def __init__(self) -> None:
         self.server: RedisServer | None = None
         self._targets: list[Any] = []
-
-    @property
-    def targets(self) -> list[Any]:
-        return list(self._targets)
 
     async def ensure_server(self) -> RedisServer:
         if self.server is None:
