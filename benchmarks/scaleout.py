@@ -131,22 +131,27 @@ async def wait_delivered(counters: list[Counter], expected: int) -> float:
 class Hubs:
     """N ``alkpubsub hub --bridge`` processes on one Redis."""
 
-    def __init__(self, redis_url: str, count: int, cores: list[int]) -> None:
+    def __init__(self, redis_url: str, count: int, cores: list[int], transport: str) -> None:
         self.redis_url = redis_url
         self.count = count
         self.cores = cores
+        self.transport = transport
         self.processes: list[asyncio.subprocess.Process] = []
         self.urls: list[str] = []
 
     async def __aenter__(self) -> Hubs:
         for index in range(self.count):
+            iroh = ["--iroh"] if self.transport == "iroh" else []
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "alkpubsub", "hub", "--port", "0",
-                "--bridge", self.redis_url,
+                "--bridge", self.redis_url, *iroh,
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert process.stdout is not None
-            self.urls.append((await process.stdout.readline()).decode().strip())
+            url = (await process.stdout.readline()).decode().strip()
+            if iroh:  # the second line is the hub's iroh:// URL
+                url = (await process.stdout.readline()).decode().strip()
+            self.urls.append(url)
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(process.pid, {self.cores[index % len(self.cores)]})
             self.processes.append(process)
@@ -218,11 +223,17 @@ def topics_for(workload: str, subscribers: int) -> list[str]:
 
 
 async def run_alkpubsub(
-    workload: str, n_hubs: int, events: int, server: RedisServer, spy: Redis, cores: list[int]
+    workload: str,
+    n_hubs: int,
+    events: int,
+    server: RedisServer,
+    spy: Redis,
+    cores: list[int],
+    transport: str = "ws",
 ) -> Result:
     subscribers = 10 * (n_hubs - 1) if workload == "W1" else 100
     topics = topics_for(workload, subscribers)
-    async with Hubs(server.url, n_hubs, cores) as hubs:
+    async with Hubs(server.url, n_hubs, cores, transport) as hubs:
         spokes: list[SpokeTarget] = []
         counters = [Counter(events) for _ in range(subscribers)]
         try:
@@ -257,7 +268,7 @@ async def run_alkpubsub(
                 await publisher.flush()
 
             result = Result(
-                "alkpubsub",
+                f"alkpubsub ({transport})",
                 workload,
                 n_hubs,
                 subscribers,
@@ -363,7 +374,7 @@ def ratios(results: list[Result]) -> str:
     by_key = {(r.hubs, r.workload, r.system): r for r in results}
     for (hubs, workload, system), r in sorted(by_key.items()):
         raw = by_key.get((hubs, workload, "redis-py"))
-        if system == "alkpubsub" and raw is not None and raw.deliveries_per_s:
+        if system.startswith("alkpubsub") and raw is not None and raw.deliveries_per_s:
             lines.append(
                 f"- {hubs} hubs {workload}: alkpubsub/raw deliveries/s = "
                 f"{r.deliveries_per_s / raw.deliveries_per_s:.2f}x"
@@ -379,6 +390,12 @@ async def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per system, alternating; medians reported"
     )
+    parser.add_argument(
+        "--transport",
+        choices=["ws", "iroh"],
+        default="ws",
+        help="how spokes reach the hubs (iroh: run under a loopback-only namespace)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
@@ -393,7 +410,13 @@ async def main() -> None:
                         for system, system_runs in runs.items():
                             if system == "alkpubsub":
                                 result = await run_alkpubsub(
-                                    workload, n_hubs, args.events, server, spy, cores
+                                    workload,
+                                    n_hubs,
+                                    args.events,
+                                    server,
+                                    spy,
+                                    cores,
+                                    args.transport,
                                 )
                             else:
                                 result = await run_raw(workload, n_hubs, args.events, server, spy)
@@ -410,6 +433,7 @@ async def main() -> None:
             await spy.aclose()
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"; alkpubsub spokes over {args.transport}"
     )
     print(table(results))
     print(ratios(results))
