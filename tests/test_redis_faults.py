@@ -307,9 +307,9 @@ async def test_rediss_url_over_tls(tmp_path: Any) -> None:
 
 
 async def test_acl_refused_subscribe_is_reported_not_fatal(server: RedisServer, spy: Any) -> None:
-    """An ACL user without access to a channel: that SUBSCRIBE is refused,
-    reported to on_error (HubRefusalError 'forbidden') and counted; the target
-    stays connected and its allowed topics work."""
+    """An ACL user without access to a channel: that SUBSCRIBE and that PUBLISH
+    are refused, reported to on_error (HubRefusalError 'forbidden') and counted;
+    the target stays connected and its allowed topics work."""
     from alkpubsub import HubRefusalError
 
     await spy.execute_command(
@@ -330,12 +330,14 @@ async def test_acl_refused_subscribe_is_reported_not_fatal(server: RedisServer, 
         target.add_event_listener("ok:t", allowed)
         await within(refused.wait())
         await within(target.flush())
+        target.dispatch_event(make_event("nope", "t", "refused"))
         target.dispatch_event(make_event("ok", "t", "fine"))
         await allowed.wait_for_payload("fine")
         assert target.redis_stats.subscribe_errors == 1
+        assert target.redis_stats.publish_errors == 1
         assert target.connected
         assert forbidden.events == []
-        assert [getattr(e, "code", None) for e in errors] == ["forbidden"]
+        assert [getattr(e, "code", None) for e in errors] == ["forbidden", "forbidden"]
 
 
 async def test_cli_sub_and_pub_straight_on_redis(server: RedisServer) -> None:

@@ -142,6 +142,7 @@ class RedisStats:
     oversized: int = 0  # above max_frame_bytes (E6)
     own_echoes: int = 0  # our own publications, dropped because echo=False
     subscribe_errors: int = 0  # SUBSCRIBE refused by Redis (ACL)
+    publish_errors: int = 0  # PUBLISH refused by Redis (ACL): that event is lost
 
     @property
     def dropped(self) -> int:
@@ -254,8 +255,9 @@ class RedisLink:
                     await pub.read_response(disconnect_on_error=False)
                 except ResponseError as exc:  # e.g. NOPERM on a channel: only that one
                     self._warn_once("publish", "Redis refused a PUBLISH: %s", exc)
+                    self._stats.publish_errors += 1
                     if is_refusal(exc):
-                        self._on_refusal(exc)
+                        self._on_refusal(HubRefusalError("forbidden", str(exc)))
                     continue
                 self._stats.published += 1
         except (RedisError, OSError) as exc:
