@@ -179,6 +179,20 @@ async def test_h6_hub_restart_spokes_and_redis_subscriptions_come_back(
 ) -> None:
     """A bridged hub restarts: its spokes reconnect and resubscribe, and its
     Redis subscriptions come back; the bus is whole again."""
+    await check_hub_restart(bridged)
+
+
+async def test_h6_iroh_hub_restart(redis_server_binary: str, loopback_only: None) -> None:
+    """The same with the restarted hub an Iroh hub (same key and port: the
+    spokes' ticket stays valid)."""
+    bus = BridgedBus(("ws", "iroh", "ws"))
+    try:
+        await check_hub_restart(bus)
+    finally:
+        await bus.aclose()
+
+
+async def check_hub_restart(bridged: BridgedBus) -> None:
     await bridged.open(1)
     hub_a, hub_b, _ = bridged.bus_hubs
     spoke_b = await bridged.add_spoke(hub_b, backoff_initial=0.05, backoff_max=0.5)
