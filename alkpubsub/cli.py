@@ -2,6 +2,7 @@
 
 alkpubsub --version                                print the version
 alkpubsub hub [--host H] [--port P] [--iroh ...]   serve a hub, print its URL(s)
+              [--bridge redis://...]               ...bridged with every hub on that Redis (one bus)
 alkpubsub sub URL TOPIC [TOPIC ...]                print received envelopes as JSON lines
 alkpubsub pub URL TYPE ID [PAYLOAD_JSON]           publish one envelope
 alkpubsub pub URL -                                publish one envelope per stdin line, as read
@@ -215,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve Iroh (P2P QUIC) on the same bus and print its iroh:// URL (relays off)",
     )
+    hub.add_argument(
+        "--bridge",
+        metavar="URL",
+        help="bridge through a broker (redis://host:port/db): every hub on the same "
+        "Redis forms one bus with this one",
+    )
+    hub.add_argument(
+        "--bridge-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="channel prefix on the broker (default alkpubsub:); hubs share a bus "
+        "only with the same prefix",
+    )
     iroh.add_argument(
         "--iroh-key",
         metavar="FILE",
@@ -235,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Subscribe to topics ('type:id') and print each envelope as one JSON "
         "line. Status lines ('subscribed to ...', reconnects) go to stderr.",
     )
-    sub.add_argument("url", help="hub URL: ws://host:port/path, wss://... or iroh://<ticket>")
+    sub.add_argument(
+        "url",
+        help="hub URL: ws://host:port/path, wss://... iroh://<ticket> or redis://host:port/db",
+    )
     sub.add_argument("topics", nargs="+", metavar="TOPIC", help="topic 'type:id' to subscribe")
     sub.add_argument("--count", type=_positive_int, default=None, help="exit after N envelopes")
     sub.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
@@ -252,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
             "exits once the hub confirmed every line after the end of input."
         ),
     )
-    pub.add_argument("url", help="hub URL: ws://host:port/path, wss://... or iroh://<ticket>")
+    pub.add_argument(
+        "url",
+        help="hub URL: ws://host:port/path, wss://... iroh://<ticket> or redis://host:port/db",
+    )
     pub.add_argument("type", metavar="TYPE", help="event type, or '-' to read stdin")
     pub.add_argument("id", metavar="ID", nargs="?", help="event id")
     pub.add_argument(
@@ -508,6 +528,13 @@ async def run_hub(args: argparse.Namespace) -> None:
         raise CliError("the hub needs the ws extra: pip install 'alkpubsub[ws]'") from None
     if args.metrics and args.path in ("/healthz", "/metrics"):
         raise CliError(f"--path {args.path} is taken by --metrics", EXIT_USAGE)
+    bridge: Any = None
+    if args.bridge:
+        options = {} if args.bridge_prefix is None else {"prefix": args.bridge_prefix}
+        try:
+            bridge = transport_from_url(args.bridge, **options)
+        except (AlkPubSubError, ValueError, TypeError) as exc:
+            raise CliError(f"bad bridge URL {args.bridge!r}: {exc}", EXIT_USAGE) from None
     hub = WebSocketHub(
         host=args.host,
         port=args.port,
@@ -515,12 +542,15 @@ async def run_hub(args: argparse.Namespace) -> None:
         ssl=_server_tls(args),
         health_path="/healthz" if args.metrics else None,
         metrics_path="/metrics" if args.metrics else None,
+        bridge=bridge,
     )
     iroh_acceptor = _iroh_acceptor(args)
     if iroh_acceptor is not None:
         hub.add_acceptor(iroh_acceptor)
     try:
         await hub.start()
+    except (ConnectionError, AlkPubSubError) as exc:  # the bridge's broker
+        raise CliError(f"cannot start the bridge: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     except Exception as exc:  # the iroh bindings raise their own errors

@@ -100,3 +100,17 @@ async def node_js(js_runtimes: JsRuntimes) -> AsyncIterator[JsDriver]:
 async def browser_js(js_runtimes: JsRuntimes) -> AsyncIterator[JsDriver]:
     async for driver in _attached(js_runtimes, "browser"):
         yield driver
+
+
+@pytest.fixture
+def redis_server_binary() -> str:
+    """A real redis-server for the Redis tests: under CI a missing binary fails
+    the run (``.ci/run`` installs it), elsewhere the tests skip."""
+    from alkpubsub.testing.redis import RedisServerMissing, find_redis_server
+
+    try:
+        return find_redis_server()
+    except RedisServerMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))

@@ -31,7 +31,7 @@ from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import Event, EventEnvelope, check_user_event
 from .errors import DecodeError, FrameTooLargeError, InvalidEnvelopeError, TargetClosedError
 from .headers import SECRET_HEADERS, Headers
-from .listeners import ListenerErrorHandler, ListenerRegistry, Scheduler
+from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
 from .session import Receipts, SentLog, new_token
 
@@ -272,6 +272,14 @@ class HubRouter:
         #: Connections the router cut off: the shell closes their links.
         self.cuts: list[HubConnection] = []
         self.closed = False
+        # -- bridge (SPEC H6): state pulled by transports/bridge.HubBridge ----------
+        #: Set by a bridge: track interest, hold pongs, keep what enters the hub.
+        self.bridged = False
+        #: Set when a take_* list of the bridge gets something; the bridge clears it.
+        self.bridge_work = False
+        self._interest_changes: dict[str, bool] = {}
+        self._outbound: list[EventEnvelope] = []
+        self._held_pongs: list[tuple[HubConnection, str]] = []
 
     # -- connections -----------------------------------------------------------
 
@@ -387,9 +395,11 @@ class HubRouter:
                 self.unsubscribe(conn, topic)
         elif kind == control.PING:
             self._acked(conn, envelope)
-            receipts = conn.receipts
-            received = receipts.acknowledged() if receipts is not None else None
-            self._send_control(conn, control.pong(envelope.id, received))
+            if self.bridged:  # H6: answered once the bridge confirmed what came before
+                self._held_pongs.append((conn, envelope.id))
+                self.bridge_work = True
+            else:
+                self._pong(conn, envelope.id)
         elif kind == control.ACK or kind == control.PONG:
             self._acked(conn, envelope)
         elif kind != control.HELLO:
@@ -502,6 +512,12 @@ class HubRouter:
         if received is not None and not sent.ack(received) and sent.intact:
             self._bad_input(conn, control.INVALID_CONTROL, "acknowledged more than was sent")
 
+    def _pong(self, conn: HubConnection, nonce: str) -> None:
+        """Answer a ``__ping``; in a session the pong also acknowledges."""
+        receipts = conn.receipts
+        received = receipts.acknowledged() if receipts is not None else None
+        self._send_control(conn, control.pong(nonce, received))
+
     def _bad_input(self, conn: HubConnection, code: str, reason: str) -> None:
         """B10: drop, count, tell the spoke (a few times), and cut a connection
         that keeps sending garbage (``max_invalid_frames``)."""
@@ -527,7 +543,10 @@ class HubRouter:
             return
         conn.topics.add(topic)
         conn.topic_bytes += len(topic)
-        self.subscriptions.setdefault(topic, {})[conn] = None
+        subscribers = self.subscriptions.setdefault(topic, {})
+        if not subscribers and self.bridged and topic not in self.registry:
+            self._interest(topic, True)  # H6
+        subscribers[conn] = None
 
     def unsubscribe(self, conn: HubConnection, topic: str) -> None:
         if topic in conn.topics:
@@ -557,6 +576,9 @@ class HubRouter:
             self._bad_input(conn, control.INVALID_FRAME, str(exc))
             return
         self.stats.relayed_events += 1
+        if self.bridged:  # H6: what enters the hub goes to the bridge once
+            self._outbound.append(request.envelope)
+            self.bridge_work = True
 
     def dispatch(self, event: Event) -> bool:
         """The hub's own ``dispatch_event`` (H1)."""
@@ -569,6 +591,9 @@ class HubRouter:
         if self.registry.count(event.type):
             event = Event.from_envelope(decode_envelope(frame))
         self.registry.dispatch(event)
+        if self.bridged:  # H6
+            self._outbound.append(event.detail)
+            self.bridge_work = True
         return True
 
     def publish(self, envelope: EventEnvelope) -> None:
@@ -724,9 +749,49 @@ class HubRouter:
             subscribers.pop(conn, None)
             if not subscribers:
                 del self.subscriptions[topic]
+                if self.bridged and topic not in self.registry:
+                    self._interest(topic, False)  # H6
 
     def _send_control(self, conn: HubConnection, envelope: EventEnvelope) -> None:
         if conn.state is not _OPEN:
             return
         if conn.queue.push(ControlFrame(encode_envelope(envelope, self.max_frame_bytes))):
             self.ready.append(conn)
+
+    # -- bridge (SPEC H6): pulled by transports/bridge.HubBridge -----------------------
+
+    def add_listener(self, topic: str, listener: Listener | None) -> None:
+        """A local listener of the hub (H1); counts toward the bridge's interest."""
+        if self.registry.add(topic, listener) and self.bridged and topic not in self.subscriptions:
+            self._interest(topic, True)
+
+    def remove_listener(self, topic: str, listener: Listener | None) -> None:
+        if (
+            self.registry.remove(topic, listener)
+            and self.bridged
+            and topic not in self.subscriptions
+        ):
+            self._interest(topic, False)
+
+    def take_interest_changes(self) -> dict[str, bool]:
+        """Topics whose union interest (connections + local listeners) went
+        0 -> 1 (True) or 1 -> 0 (False) since the last call; the latest state only."""
+        changes, self._interest_changes = self._interest_changes, {}
+        return changes
+
+    def take_outbound(self) -> list[EventEnvelope]:
+        """Envelopes that entered the hub (from a spoke or ``dispatch``), for the bridge."""
+        outbound, self._outbound = self._outbound, []
+        return outbound
+
+    def take_held_pongs(self) -> list[tuple[HubConnection, str]]:
+        """``__ping`` nonces held until the bridge confirmed what came before."""
+        pongs, self._held_pongs = self._held_pongs, []
+        return pongs
+
+    def send_pong(self, conn: HubConnection, nonce: str) -> None:
+        self._pong(conn, nonce)
+
+    def _interest(self, topic: str, wanted: bool) -> None:
+        self._interest_changes[topic] = wanted
+        self.bridge_work = True

@@ -20,6 +20,7 @@ Use it from a test module::
 See ``docs/conformance.md``.
 """
 
+from .broker_suite import BrokerReconnectConformance
 from .harness import (
     BusHarness,
     HubAndSpokesBus,
@@ -30,10 +31,16 @@ from .harness import (
     WebSocketBus,
 )
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
+from .redis import BridgedBus, BrokerBus, RedisBus, RedisServer
 from .suite import CoreConformance, HubConformance, ReconnectConformance
 from .suite_payloads import PAYLOAD_TABLE, REFUSED_PAYLOADS, PayloadCase, PayloadConformance
 
 __all__ = [
+    "BridgedBus",
+    "BrokerBus",
+    "BrokerReconnectConformance",
+    "RedisBus",
+    "RedisServer",
     "DEFAULT_TIMEOUT",
     "HubConformance",
     "ReconnectConformance",

@@ -40,6 +40,7 @@ from ..core.router import (
     SubscribeRequest,
 )
 from ..target import BaseEventTarget, call_user
+from .bridge import BridgeTarget, HubBridge, StatusCallback
 from .link import LINK_ERRORS, Link, SyncWritableLink, write_loop
 
 __all__ = ["Acceptor", "Authenticate", "Authorize", "ConnectRequest", "HubTarget"]
@@ -134,6 +135,8 @@ class HubTarget(BaseEventTarget):
         on_error: Callable[[BaseException], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         close_timeout: float = 2.0,
+        bridge: BridgeTarget | str | None = None,
+        on_bridge_status: StatusCallback | None = None,
     ) -> None:
         super().__init__()
         if close_timeout <= 0:
@@ -167,6 +170,16 @@ class HubTarget(BaseEventTarget):
         self._serving: set[asyncio.Future[None]] = set()
         self._acceptors: list[Acceptor] = []
         self._reported_bugs: set[type[BaseException]] = set()
+        # -- bridge (SPEC H6): hubs on one broker form one bus; see transports/bridge.py
+        self.bridge: HubBridge | None = None
+        if bridge is not None:
+            self.bridge = HubBridge(
+                self.router,
+                bridge,
+                service=self._service,
+                max_frame_bytes=max_frame_bytes,
+                on_status=on_bridge_status,
+            )
 
     def add_acceptor(self, acceptor: Acceptor) -> None:
         """Serve connections from ``acceptor`` too; call before ``start()``."""
@@ -182,6 +195,8 @@ class HubTarget(BaseEventTarget):
         self._started = True
         self.spawn(self._sweep())
         try:
+            if self.bridge is not None:  # H6
+                await self.bridge.start()
             for acceptor in self._acceptors:
                 await acceptor.start(self)
         except BaseException:
@@ -235,26 +250,36 @@ class HubTarget(BaseEventTarget):
     def add_event_listener(self, topic: str, listener: Listener | None) -> None:
         if self._closed or listener is None:
             return
-        self.router.registry.add(validate_topic(topic), listener)
+        self.router.add_listener(validate_topic(topic), listener)
+        if self.bridge is not None:  # H6: local listeners count toward the bridge's interest
+            self.bridge.service()
 
     def remove_event_listener(self, topic: str, listener: Listener | None) -> None:
         if not self._closed:
-            self.router.registry.remove(topic, listener)
+            self.router.remove_listener(topic, listener)
+            if self.bridge is not None:  # H6
+                self.bridge.service()
 
     def dispatch_event(self, event: Event) -> bool:
         if self._closed:
             raise TargetClosedError("hub is closed")
+        if self.bridge is not None:  # H6: refuse before delivering anything (B13)
+            self.bridge.check_capacity()
         result = self.router.dispatch(event)
         self._service()
         return result
 
     async def flush(self, timeout: float | None = None) -> None:
-        """The subscription table is local to the hub: nothing to wait for (B4)."""
-        return None
+        """The subscription table is local to the hub: nothing to wait for (B4),
+        except with a bridge (H6): until the broker confirmed it."""
+        if self.bridge is not None and not self._closed:
+            await self.bridge.flush(timeout)
 
     async def drain(self) -> None:
-        """Slow subscribers are cut off (B8), so the hub never holds publishers back."""
-        return None
+        """Slow subscribers are cut off (B8), so the hub never holds publishers
+        back; only a bridge whose outbox is full does (H6)."""
+        if self.bridge is not None:
+            await self.bridge.drain()
 
     async def aclose(self) -> None:
         if not self._mark_closed():
@@ -270,6 +295,8 @@ class HubTarget(BaseEventTarget):
             task.cancel()
         # Every serve_link returns once its reader and writer are gone.
         await asyncio.gather(*self._serving, *self._io_tasks, return_exceptions=True)
+        if self.bridge is not None:  # H6
+            await self.bridge.aclose()
         self.router.close()
         for acceptor in self._acceptors:
             await acceptor.release()
@@ -406,6 +433,8 @@ class HubTarget(BaseEventTarget):
             "" if code is None else f" with {code}: {conn.close_reason}",
         )
         call_user(self._on_disconnection, conn.peer, log=logger)
+        if self.bridge is not None:  # H6: its topics may have lost their last subscriber
+            self.bridge.service()
 
     def _report_bug(self, error: BaseException) -> None:
         if type(error) not in self._reported_bugs:
@@ -428,6 +457,8 @@ class HubTarget(BaseEventTarget):
         if router.cuts:
             for conn in router.take_cuts():
                 self._cut(conn)
+        if router.bridge_work and self.bridge is not None:  # H6
+            self.bridge.service()
 
     def _schedule_write(self, served: _Served) -> None:
         """Where the link can write without awaiting, the write happens at the
@@ -506,7 +537,7 @@ class HubTarget(BaseEventTarget):
                     await self._authorize_and_apply(conn, request)
             if not served.announced and conn.greeted and conn.open:
                 self._announce(served)
-            if router.ready or router.cuts:
+            if router.ready or router.cuts or router.bridge_work:
                 self._service()
 
     def _announce(self, served: _Served) -> None:
