@@ -31,6 +31,7 @@ from .harness import (
 )
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance, HubConformance, ReconnectConformance
+from .worker import WorkerBus as WorkerBus  # explicit re-export
 
 __all__ = [
     "DEFAULT_TIMEOUT",

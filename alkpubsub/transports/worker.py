@@ -596,7 +596,8 @@ class WorkerTarget(BaseEventTarget):
         self._supervisor: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._announced: Closing | None = None
-        self._running = False  # start() completed
+        self._running = False  # the peer answered the handshake
+        self._handshake: str | None = None  # the nonce of the handshake's ping
         self._reported_bugs: set[type[BaseException]] = set()
         #: Why the channel ended (None: normal close, by either side, or still open).
         self.disconnect_reason: BaseException | None = None
@@ -718,23 +719,27 @@ class WorkerTarget(BaseEventTarget):
         """Return once the peer processed everything this end sent before (B4)."""
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while not self._closed:
                 if self._session.state is not SpokeState.OPEN:
                     await self._state_changed.wait()
-                    continue
-                nonce = self._session.new_ping()
-                if nonce is None:
-                    continue
-                self._kick()
-                waiter: asyncio.Future[bool] = loop.create_future()
-                self._ping_waiters[nonce] = waiter
-                try:
-                    if await waiter:
-                        return
-                finally:
-                    self._ping_waiters.pop(nonce, None)
+                elif await self._ping():
+                    return
+
+    async def _ping(self, handshake: bool = False) -> bool:
+        """One ``__ping``/``__pong`` round trip; False when the channel ended first."""
+        nonce = self._session.new_ping()
+        if nonce is None:
+            return False
+        if handshake:
+            self._handshake = nonce
+        self._kick()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._ping_waiters[nonce] = waiter
+        try:
+            return await waiter
+        finally:
+            self._ping_waiters.pop(nonce, None)
 
     async def drain(self) -> None:
         """Wait until the outgoing queue is back under its low-water mark (B13)."""
@@ -762,9 +767,8 @@ class WorkerTarget(BaseEventTarget):
             async with asyncio.timeout(self.connect_timeout):
                 link = await self._connect()
                 self._run(link)
-                await self.flush()
-                if self._closed:
-                    await self._ended.wait()
+                if not await self._ping(handshake=True):
+                    await self._ended.wait()  # for the reason, with the exit code
         except TimeoutError:
             await self.aclose()
             raise ConnectionError(
@@ -773,12 +777,13 @@ class WorkerTarget(BaseEventTarget):
         except BaseException:
             await self.aclose()
             raise
-        if self._closed:
+        if not self._running:
             reason = self.disconnect_reason
             raise ConnectionError(
                 f"the worker ended before it answered: {reason or 'it closed the channel'}"
             ) from reason
-        self._running = True
+        # The peer may have answered and closed since: then the target is closed
+        # already and on_disconnect got the reason.
 
     def _run(self, link: PipeLink) -> None:
         loop = asyncio.get_running_loop()
@@ -821,6 +826,10 @@ class WorkerTarget(BaseEventTarget):
     def _handle(self, event: PeerEvent) -> bool:
         """Act on a control event; True when the peer announced its close."""
         if isinstance(event, Pong):
+            if event.nonce == self._handshake:
+                # Now, not when start() resumes: frames after the pong (even the
+                # peer's __close) may be handled before it does.
+                self._running = True
             waiter = self._ping_waiters.get(event.nonce)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
@@ -1155,14 +1164,15 @@ async def run_worker(
     thread: WorkerTarget,
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
-) -> None:
+) -> BaseException | None:
     """What a worker process runs: start ``thread``, await
     ``function(thread, *args, **kwargs)``, close the channel.
 
     The channel closes with 1000 ("worker returned") when the function returns
     and with 1011 ("worker raised ...") when it raises (then the exception
     propagates: the process exits with code 1). When the host closes the channel
-    or goes away first, the function is cancelled.
+    or goes away first, the function is cancelled and the channel's
+    ``disconnect_reason`` returned (None when the host closed it normally).
     """
     await thread.start()
     loop = asyncio.get_running_loop()
@@ -1180,11 +1190,11 @@ async def run_worker(
             pass
         except Exception:
             logger.exception("worker function raised while being cancelled")
-        return
+        return thread.disconnect_reason
     error = work.exception()
     if error is None:
         await thread.aclose(CloseCode.NORMAL, "worker returned")
-        return
+        return None
     await thread.aclose(CloseCode.INTERNAL_ERROR, f"worker raised {_describe(error)}")
     raise error
 
@@ -1249,11 +1259,15 @@ def _serve(
         _refuse(write_fd, f"cannot load the worker function {target!r}: {_describe(exc)}")
         raise
 
-    async def main() -> None:
+    async def main() -> BaseException | None:
         thread = WorkerThread.from_fds(read_fd, write_fd, **options)
-        await run_worker(function, thread, args, kwargs)
+        return await run_worker(function, thread, args, kwargs)
 
-    asyncio.run(main())
+    reason = asyncio.run(main())
+    if reason is not None:
+        # Nobody may be listening any more: say it on stderr, and in the exit code.
+        print(f"alkpubsub worker: the channel to the host ended: {reason}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _child_main(
