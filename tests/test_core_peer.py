@@ -56,6 +56,7 @@ def test_dispatch_calls_local_listeners_once_and_sends_only_what_the_peer_wants(
     local: list[Any] = []
     session.add_listener("t:1", lambda event: local.append(event.detail.payload))
     assert sent(session) == [("__subscribe", {"topic": "t:1"})]
+    session.receive(frame(control.hello()))  # the peer speaks subscriptions
     session.dispatch(make_event("t", "1", "peer not subscribed"))
     assert sent(session) == []
     assert session.stats.filtered_events == 1
@@ -66,9 +67,22 @@ def test_dispatch_calls_local_listeners_once_and_sends_only_what_the_peer_wants(
     assert session.stats.sent_events == 1
 
 
+def test_a_peer_that_never_declared_subscriptions_gets_everything() -> None:
+    """C2: a bare peer that only sends data (the seed's worker) receives every
+    event; its first __hello or __subscribe turns filtering on."""
+    session = connected()
+    session.dispatch(make_event("any", "1", 1))
+    assert sent(session) == [("any", 1)]
+    session.receive(frame(control.unsubscribe("other:1")))
+    session.dispatch(make_event("any", "1", 2))
+    assert sent(session) == []
+    assert session.stats.filtered_events == 1
+
+
 def test_filtered_dispatches_are_checked_like_sent_ones() -> None:
     """E4 and E6 do not depend on whether the peer listens."""
     session = connected(max_frame_bytes=100)
+    session.receive(frame(control.hello()))
     with pytest.raises(FrameTooLargeError):
         session.dispatch(make_event("big", "1", "x" * 200))
     forged = EventEnvelope.model_construct(type="__subscribe", id="", payload={})

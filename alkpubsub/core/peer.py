@@ -12,8 +12,10 @@ So on a bus of two sides, ``dispatch`` on side A reaches A's own listeners
 (locally, once) and B's listeners (through the channel, only when B subscribed
 to the topic): SPEC B1 and B2 without a hub.
 
-Before the channel is up the peer's interest is unknown: events go to the
-outbox unfiltered and the receiving side drops those nobody listens to.
+The peer's interest is known once it declared that it speaks subscriptions
+(its ``__hello``, or a first ``__subscribe``/``__unsubscribe``). Before that
+(the channel is not up yet, or the peer is a bare program that only sends data,
+C2) every event is sent, and the receiving side drops those nobody listens to.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class PeerSession:
         self.peer_topics: set[str] = set()
         #: The protocol version of the peer's ``__hello`` (None until it arrived).
         self.peer_protocol: int | None = None
+        #: The peer said it speaks subscriptions: from now on, filter by its interest.
+        self.peer_declared = False
         # Our own control frames that are not the forwarder's (``__error``);
         # they go out ahead of the forwarder's queue.
         self._control: list[bytes] = []
@@ -123,6 +127,9 @@ class PeerSession:
     def drained(self) -> bool:
         return self.forwarder.drained()
 
+    def has_output(self) -> bool:
+        return bool(self._control) or self.forwarder.has_output()
+
     # -- user-facing operations ----------------------------------------------------
 
     def add_listener(self, topic: str, listener: Listener | None) -> None:
@@ -133,14 +140,18 @@ class PeerSession:
 
     def dispatch(self, event: Event) -> bool:
         """Queue ``event`` for the peer if it listens to the topic (or while its
-        interest is not known yet), then call the local listeners once.
+        interest is not known), then call the local listeners once.
 
         Raises ``TargetClosedError`` once closed and ``BackpressureError`` when
         the queue is full; then nothing was delivered, locally or remotely, so a
         publisher that drains and retries delivers the event exactly once.
         """
         forwarder = self.forwarder
-        if forwarder.state is SpokeState.OPEN and event.type not in self.peer_topics:
+        if (
+            self.peer_declared
+            and event.type not in self.peer_topics
+            and forwarder.state is SpokeState.OPEN
+        ):
             # The same checks as a sent event (E3, E4, E6), so that behaviour
             # does not depend on who listens.
             check_user_event(event)
@@ -200,12 +211,14 @@ class PeerSession:
             self.registry.dispatch(Event.from_envelope(envelope))
             return None
         if kind == control.SUBSCRIBE or kind == control.UNSUBSCRIBE:
+            self.peer_declared = True
             self._peer_subscription(kind == control.SUBSCRIBE, control.subscription_topic(envelope))
             return None
         if kind == control.HELLO:
             payload = envelope.payload
             version = payload.get("protocol") if isinstance(payload, dict) else None
             self.peer_protocol = version if isinstance(version, int) else 0
+            self.peer_declared = True
             return None
         # Ping, pong, error, close, unknown types (C2): the forwarder's rules.
         event = forwarder.receive(message)

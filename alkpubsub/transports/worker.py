@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any, Final, Literal, Protocol, Self
@@ -56,7 +56,7 @@ from ..core.forwarder import (
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.peer import DEFAULT_MAX_PEER_TOPICS, PeerEvent, PeerSession, PeerStats
 from ..target import BaseEventTarget, call_user
-from .link import LINK_ERRORS, write_loop
+from .link import LINK_ERRORS, WRITE_CHUNK_BYTES
 
 __all__ = [
     "WorkerExit",
@@ -137,29 +137,31 @@ class WorkerExitedError(LinkClosedError):
         self.exit = exit
 
 
-# -- the byte link ----------------------------------------------------------------------
+# -- moving bytes ----------------------------------------------------------------------
 
 
 class _Sink(Protocol):
-    """The writing half of a channel."""
+    """The writing half of a channel: writes never block; ``writable_now()``
+    is False while the pipe is flow-controlled (``wait_writable()`` waits)."""
+
+    def writable_now(self) -> bool: ...
 
     def write(self, data: bytes) -> None: ...
 
-    async def drain(self) -> None: ...
-
-    def buffered(self) -> int: ...
+    async def wait_writable(self) -> None: ...
 
     async def aclose(self, timeout: float) -> None: ...
 
 
 class _PipeWriteProtocol(asyncio.BaseProtocol):
-    """Flow control and loss for a write pipe transport (what asyncio's
-    ``StreamWriter`` needs from its protocol, with public API only)."""
+    """Flow control and loss of a write pipe transport (what asyncio's
+    ``StreamWriter`` takes from its protocol, with public API only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[BaseException | None], None]) -> None:
         self.paused = False
         self.lost = False
-        self.error: BaseException | None = None
+        self.closing = False  # we are closing it: its loss is no news
+        self._on_lost = on_lost
         self._waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -172,10 +174,11 @@ class _PipeWriteProtocol(asyncio.BaseProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.error = exc
         self._wake()
         if not self.closed.done():
             self.closed.set_result(None)
+        if not self.closing:
+            self._on_lost(exc)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -194,26 +197,21 @@ class _PipeSink:
         self.transport = transport
         self.protocol = protocol
 
-    def _check(self) -> None:
-        protocol = self.protocol
-        if protocol.lost or self.transport.is_closing():
-            raise ConnectionResetError("the pipe to the peer is closed") from protocol.error
+    def writable_now(self) -> bool:
+        return not self.protocol.paused
 
     def write(self, data: bytes) -> None:
-        self._check()
+        if self.protocol.lost or self.transport.is_closing():
+            raise ConnectionResetError("the pipe to the peer is closed")
         self.transport.write(data)
 
-    async def drain(self) -> None:
-        self._check()
-        while self.protocol.paused:
+    async def wait_writable(self) -> None:
+        while self.protocol.paused and not self.protocol.lost:
             await self.protocol.wait_resumed()
-            self._check()
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
 
     async def aclose(self, timeout: float) -> None:
         # close() writes what is buffered, then closes the fd (the peer's EOF).
+        self.protocol.closing = True
         self.transport.close()
         try:
             async with asyncio.timeout(timeout):
@@ -227,17 +225,18 @@ class _StreamSink:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self._high_water = writer.transport.get_write_buffer_limits()[1]
+
+    def writable_now(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() <= self._high_water
 
     def write(self, data: bytes) -> None:
         if self.writer.is_closing():
             raise ConnectionResetError("the stream to the peer is closed")
         self.writer.write(data)
 
-    async def drain(self) -> None:
+    async def wait_writable(self) -> None:
         await self.writer.drain()
-
-    def buffered(self) -> int:
-        return self.writer.transport.get_write_buffer_size()
 
     async def aclose(self, timeout: float) -> None:
         self.writer.close()
@@ -250,77 +249,46 @@ class _StreamSink:
             logger.debug("closing the worker stream", exc_info=True)
 
 
-class PipeLink:
-    """A ``Link`` over a pair of byte streams with length-prefixed frames (F2)."""
+class _Receiver(Protocol):
+    """What reads report to: the target."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        sink: _Sink,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        close_read: Callable[[], None] | None = None,
-    ) -> None:
-        self.reader = reader
-        self.sink = sink
-        self._decoder = FrameDecoder(max_frame_bytes)
-        self._pending_error: FramingError | None = None
-        self._close_read = close_read
+    def _on_data(self, data: bytes) -> None: ...
 
-    async def send(self, frames: list[bytes]) -> None:
-        self.sink.write(pack_frames(frames))
-        await self.sink.drain()
+    def _on_eof(self) -> None: ...
 
-    async def read_batch(self) -> list[bytes]:
-        """The next whole frames; ``[]`` at a clean end of stream. Raises
-        ``FramingError`` for a bad length prefix (after returning the frames that
-        preceded it) or a stream that ends inside a frame."""
-        if self._pending_error is not None:
-            raise self._pending_error
-        decoder = self._decoder
-        while True:
-            chunk = await self.reader.read(READ_CHUNK_BYTES)
-            if not chunk:
-                if not decoder.at_frame_boundary():
-                    raise FramingError(
-                        f"the stream ended inside a frame ({decoder.buffered} bytes of it "
-                        "received)",
-                        close_code=CloseCode.PROTOCOL_ERROR,
-                    )
-                return []
-            try:
-                frames = decoder.feed(chunk)
-            except FramingError as exc:
-                if not exc.frames:
-                    raise
-                self._pending_error = exc
-                return exc.frames
-            if frames:
-                return frames
+    def _on_read_lost(self, exc: BaseException | None) -> None: ...
 
-    async def messages(self) -> AsyncIterator[bytes]:
-        while frames := await self.read_batch():
-            for frame in frames:
-                yield frame
-
-    def transport_buffered(self) -> int:
-        return self.sink.buffered()
-
-    async def close_write(self, timeout: float) -> None:
-        await self.sink.aclose(timeout)
-
-    def close_read(self) -> None:
-        if self._close_read is not None:
-            self._close_read()
-            self._close_read = None
-
-    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        # A pipe carries no close code: the shell wrote a __close frame before.
-        await self.close_write(1.0)
-        self.close_read()
+    def _on_write_lost(self, exc: BaseException | None) -> None: ...
 
 
-async def _link_from_fds(read_fd: int, write_fd: int, max_frame_bytes: int) -> PipeLink:
-    """Take ownership of two pipe fds (closed with the link)."""
+class _ReadProtocol(asyncio.Protocol):
+    """Received bytes go straight to the target, in the loop's callback: no
+    reader task, no stream buffer between the pipe and the frame decoder."""
+
+    def __init__(self, receiver: _Receiver) -> None:
+        self.receiver = receiver
+
+    def data_received(self, data: bytes) -> None:
+        self.receiver._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        self.receiver._on_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.receiver._on_read_lost(exc)
+
+
+@dataclass(slots=True)
+class _Pipes:
+    """An open channel: where to write, and how to stop reading."""
+
+    sink: _Sink
+    stop_reading: Callable[[], None]
+
+
+async def _pipes_from_fds(receiver: _Receiver, read_fd: int, write_fd: int) -> _Pipes:
+    """Connect two pipe fds to the loop; the transports own (and close) them."""
     loop = asyncio.get_running_loop()
     # File objects of the fds (no I/O): the pipe transports own them.
     read_file = os.fdopen(read_fd, "rb", buffering=0)
@@ -330,26 +298,43 @@ async def _link_from_fds(read_fd: int, write_fd: int, max_frame_bytes: int) -> P
         read_file.close()
         raise
     try:
-        reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES, loop=loop)
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), read_file
+        write_transport, protocol = await loop.connect_write_pipe(
+            lambda: _PipeWriteProtocol(receiver._on_write_lost), write_file
         )
     except BaseException:
         read_file.close()
         write_file.close()
         raise
     try:
-        write_transport, protocol = await loop.connect_write_pipe(_PipeWriteProtocol, write_file)
+        read_transport, _ = await loop.connect_read_pipe(lambda: _ReadProtocol(receiver), read_file)
     except BaseException:
-        read_transport.close()
-        write_file.close()
+        read_file.close()
+        write_transport.close()
         raise
-    return PipeLink(
-        reader,
-        _PipeSink(write_transport, protocol),
-        max_frame_bytes,
-        close_read=read_transport.close,
-    )
+    return _Pipes(_PipeSink(write_transport, protocol), read_transport.close)
+
+
+def _pipes_from_streams(
+    receiver: _Receiver, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> _Pipes:
+    """An application's streams: a task pumps the reader into the target."""
+
+    async def pump() -> None:
+        try:
+            while chunk := await reader.read(READ_CHUNK_BYTES):
+                receiver._on_data(chunk)
+            receiver._on_eof()
+        except Exception as exc:
+            receiver._on_read_lost(exc)
+        else:
+            receiver._on_read_lost(None)
+
+    task = asyncio.get_running_loop().create_task(pump())
+
+    def stop_reading() -> None:
+        task.cancel()
+
+    return _Pipes(_StreamSink(writer), stop_reading)
 
 
 # -- child processes --------------------------------------------------------------------
@@ -550,6 +535,11 @@ class WorkerTarget(BaseEventTarget):
     ``start()`` opens the channel and returns after a round trip with the peer
     (bounded by ``connect_timeout``). Build one with ``from_fds``,
     ``from_streams`` or ``worker_pair``; ``WorkerHost`` starts a child for you.
+
+    I/O: received bytes are decoded and dispatched in the event loop's
+    callback (no reader task); what is queued is written at the end of the
+    loop iteration in which it was queued, and at once after each received
+    chunk (a task waits only while the pipe is flow-controlled).
     """
 
     transport_name = "worker"
@@ -578,21 +568,27 @@ class WorkerTarget(BaseEventTarget):
             on_listener_error=on_listener_error,
             schedule=self._scheduler,
         )
+        self._decoder = FrameDecoder(max_frame_bytes)
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self._on_disconnect = on_disconnect
         self._on_error = on_error
-        self._connector: Callable[[int], Awaitable[PipeLink]] | None = None
+        self._connector: Callable[[_Receiver], Awaitable[_Pipes]] | None = None
         self._discard: Callable[[], None] | None = None  # frees an unused connector
-        self._link: PipeLink | None = None
+        self._pipes: _Pipes | None = None
         self._child: _Child | None = None
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._waiting_writable: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._ended = asyncio.Event()
+        #: Resolved with why the channel ended (None: end of stream or the peer's __close).
+        self._channel_end: asyncio.Future[BaseException | None] | None = None
+        self._read_done: asyncio.Future[None] | None = None
+        self._write_lost = False
+        self._eof = False  # the peer's end of stream, at a frame boundary
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
-        self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._announced: Closing | None = None
@@ -626,10 +622,10 @@ class WorkerTarget(BaseEventTarget):
     def _set_fds(self, read_fd: int, write_fd: int) -> None:
         fds = [read_fd, write_fd]
 
-        async def connect(max_frame_bytes: int) -> PipeLink:
+        async def connect(receiver: _Receiver) -> _Pipes:
             read, write = fds
             fds.clear()
-            return await _link_from_fds(read, write, max_frame_bytes)
+            return await _pipes_from_fds(receiver, read, write)
 
         def discard() -> None:
             for fd in fds:
@@ -640,17 +636,17 @@ class WorkerTarget(BaseEventTarget):
         self._connector, self._discard = connect, discard
 
     def _set_streams(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def connect(max_frame_bytes: int) -> PipeLink:
-            return PipeLink(reader, _StreamSink(writer), max_frame_bytes)
+        async def connect(receiver: _Receiver) -> _Pipes:
+            return _pipes_from_streams(receiver, reader, writer)
 
         self._connector, self._discard = connect, writer.close
 
-    async def _connect(self) -> PipeLink:
+    async def _connect(self) -> _Pipes:
         if self._connector is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no channel: use from_fds or from_streams"
             )
-        return await self._connector(self._session.max_frame_bytes)
+        return await self._connector(self)
 
     # -- observability ----------------------------------------------------------------
 
@@ -660,7 +656,8 @@ class WorkerTarget(BaseEventTarget):
 
     @property
     def connected(self) -> bool:
-        return self._session.state is SpokeState.OPEN and not self._closed
+        """The peer answered the handshake and the channel has not ended."""
+        return self._running and not self._closed
 
     @property
     def stats(self) -> PeerStats:
@@ -710,10 +707,14 @@ class WorkerTarget(BaseEventTarget):
         return result
 
     def _kick(self) -> None:
+        """Write what was queued at the end of this loop iteration: everything
+        dispatched meanwhile goes out in one write."""
         session = self._session
         if session.wants_write:
             session.clear_wants_write()
-            self._wake.set()
+            if not self._flush_scheduled and self._loop is not None:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once the peer processed everything this end sent before (B4)."""
@@ -763,10 +764,19 @@ class WorkerTarget(BaseEventTarget):
         if self._closed:
             raise TargetClosedError("target is closed")
         self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._channel_end = loop.create_future()
+        self._read_done = loop.create_future()
+        # Up from now: what arrives is answered, what is dispatched is queued
+        # (unfiltered until the peer declares its interest) and written once
+        # the pipes are connected.
+        self._session.connection_made()
+        self._changed()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                link = await self._connect()
-                self._run(link)
+                self._pipes = await self._connect()
+                self._supervisor = loop.create_task(self._supervise())
+                self._flush()
                 if not await self._ping(handshake=True):
                     await self._ended.wait()  # for the reason, with the exit code
         except TimeoutError:
@@ -785,18 +795,6 @@ class WorkerTarget(BaseEventTarget):
         # The peer may have answered and closed since: then the target is closed
         # already and on_disconnect got the reason.
 
-    def _run(self, link: PipeLink) -> None:
-        loop = asyncio.get_running_loop()
-        self._link = link
-        self._session.connection_made()
-        self._changed()
-        self._kick()
-        self._writer = loop.create_task(
-            write_loop(link, self._wake, self._session.take_outgoing, self._after_send)
-        )
-        self._reader = loop.create_task(self._read_loop(link))
-        self._supervisor = loop.create_task(self._supervise())
-
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the channel: write what is queued and a ``__close`` with
         ``code``/``reason``, close this end, and (host) wait for the child to exit
@@ -806,22 +804,95 @@ class WorkerTarget(BaseEventTarget):
         if shutdown is not None:
             await asyncio.shield(shutdown)
 
-    # -- the channel ------------------------------------------------------------------
+    # -- writing ----------------------------------------------------------------------
 
-    def _after_send(self) -> None:
-        if self._session.drained():
+    def _flush(self) -> None:
+        """Write what is queued, as far as the pipe takes it without blocking."""
+        self._flush_scheduled = False
+        pipes = self._pipes
+        if pipes is None or self._closed:
+            return
+        session = self._session
+        sink = pipes.sink
+        try:
+            while sink.writable_now():
+                frames = session.take_outgoing(WRITE_CHUNK_BYTES)
+                if not frames:
+                    break
+                sink.write(pack_frames(frames))
+        except LINK_ERRORS as exc:
+            self._end_channel(exc)
+            return
+        if session.has_output() and self._waiting_writable is None and self._loop is not None:
+            self._waiting_writable = self._loop.create_task(self._flush_when_writable(sink))
+        if session.drained():
             self._drained.set()
 
-    async def _read_loop(self, link: PipeLink) -> None:
+    async def _flush_when_writable(self, sink: _Sink) -> None:
+        try:
+            await sink.wait_writable()
+        except LINK_ERRORS as exc:
+            self._end_channel(exc)
+            return
+        finally:
+            self._waiting_writable = None
+        self._flush()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        if self._announced is not None:
+            return  # the peer's __close was its last frame
+        try:
+            frames = self._decoder.feed(data)
+        except FramingError as exc:
+            self._deliver(exc.frames)  # they were received intact
+            self._end_channel(exc)
+            return
+        self._deliver(frames)
+
+    def _deliver(self, frames: list[bytes]) -> None:
         session = self._session
         receive = session.receive
-        while frames := await link.read_batch():
+        try:
             for frame in frames:
                 event = receive(frame)
                 if event is not None and self._handle(event):
-                    return  # the peer announced its close: nothing follows
-            if session.wants_write:
-                self._kick()
+                    break
+        except Exception as exc:  # a bug: listeners' errors never get here (B9)
+            self._end_channel(exc)
+            return
+        if session.wants_write or self._flush_scheduled:
+            # Answers (pongs) and what listeners dispatched leave at once.
+            session.clear_wants_write()
+            self._flush()
+
+    def _on_eof(self) -> None:
+        decoder = self._decoder
+        if not decoder.at_frame_boundary():
+            self._end_channel(
+                FramingError(
+                    f"the stream ended inside a frame ({decoder.buffered} bytes of it received)",
+                    close_code=CloseCode.PROTOCOL_ERROR,
+                )
+            )
+        else:
+            self._eof = True
+            self._end_channel(None)
+
+    def _on_read_lost(self, exc: BaseException | None) -> None:
+        self._end_channel(exc)
+        if self._read_done is not None and not self._read_done.done():
+            self._read_done.set_result(None)
+
+    def _on_write_lost(self, exc: BaseException | None) -> None:
+        self._write_lost = True
+        self._end_channel(exc or ConnectionResetError("the peer closed its end of the pipe"))
+
+    def _end_channel(self, reason: BaseException | None) -> None:
+        end = self._channel_end
+        if end is not None and not end.done():
+            end.set_result(reason)
 
     def _handle(self, event: PeerEvent) -> bool:
         """Act on a control event; True when the peer announced its close."""
@@ -837,73 +908,79 @@ class WorkerTarget(BaseEventTarget):
             self._report(HubRefusalError(event.code, event.message, event.topic))
         elif isinstance(event, Closing):
             self._announced = event
+            self._end_channel(None)
             return True
         return False
 
+    # -- closing ----------------------------------------------------------------------
+
     async def _supervise(self) -> None:
         """Wait for the channel to end (or the child to exit), then close."""
-        reader, writer = self._reader, self._writer
-        assert reader is not None
-        assert writer is not None
-        watched: set[asyncio.Future[Any]] = {reader, writer}
-        exited = self._child.exited() if self._child is not None else None
-        if exited is not None:
-            watched.add(exited)
+        end, read_done = self._channel_end, self._read_done
+        assert end is not None
+        assert read_done is not None
+        watched: set[asyncio.Future[Any]] = {end}
+        if self._child is not None:
+            watched.add(self._child.exited())
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-        if not reader.done():
-            # A write failed or the child exited: what it wrote last (its
+        if not end.done() or (self._write_lost and not read_done.done()):
+            # The child exited, or stopped reading: what it wrote last (its
             # __close above all) may still be in the pipe.
-            await asyncio.wait({reader}, timeout=_GRACE_SECONDS)
-        error = _task_error(reader) or _task_error(writer)
-        if error is not None and not isinstance(error, LINK_ERRORS):
-            self._report(error)
-        if self._announced is not None or (error is None and reader.done()):
+            grace: set[asyncio.Future[Any]] = {end, read_done}
+            await asyncio.wait(grace, timeout=_GRACE_SECONDS)
+        error = end.result() if end.done() else None
+        if self._write_lost and self._eof:
+            error = None  # the peer closed both ends: its end of stream says it best
+        if self._announced is not None or (error is None and end.done()):
             # The peer closed (announced, or end of stream): no __close back.
-            cause = _Cause(by_user=False, announce=False, error=error)
+            cause = _Cause(by_user=False, announce=False)
         elif isinstance(error, FramingError):
             cause = _Cause(False, True, error.close_code, str(error), error)
         elif error is not None and not isinstance(error, LINK_ERRORS):
+            self._report(error)
             cause = _Cause(False, True, CloseCode.INTERNAL_ERROR, "internal error", error)
         else:
             cause = _Cause(by_user=False, announce=False, error=error)
         self._begin_shutdown(cause)
 
     def _begin_shutdown(self, cause: _Cause) -> None:
-        if self._shutdown is None:
-            self._mark_closed()
-            self._resolve_pings(False)
-            self._drained.set()
-            self._changed()
-            self._shutdown = asyncio.get_running_loop().create_task(self._close_channel(cause))
+        """Close at once (nothing more is accepted or delivered), then release
+        the channel in a task that ``aclose()`` awaits."""
+        if self._shutdown is not None:
+            return
+        self._mark_closed()
+        session = self._session
+        pipes = self._pipes
+        if pipes is not None and cause.announce:
+            frames = session.take_outgoing()
+            frames.append(session.close_frame(cause.code, cause.reason))
+            with contextlib.suppress(*LINK_ERRORS):
+                pipes.sink.write(pack_frames(frames))  # flushed by the sink's close
+        session.close()
+        self._resolve_pings(False)
+        self._drained.set()
+        self._changed()
+        self._shutdown = asyncio.get_running_loop().create_task(self._close_channel(cause))
 
     async def _close_channel(self, cause: _Cause) -> None:
-        session = self._session
-        link = self._link
+        pipes = self._pipes
         try:
-            await _cancel(self._writer)
-            if link is None:
-                session.close()
+            await _cancel(self._waiting_writable)
+            if pipes is None:
                 if self._discard is not None:
                     self._discard()
             else:
-                if cause.announce:
-                    frames = session.take_outgoing()
-                    frames.append(session.close_frame(cause.code, cause.reason))
-                    with contextlib.suppress(*LINK_ERRORS):
-                        async with asyncio.timeout(self.close_timeout):
-                            await link.send(frames)
-                session.close()
-                await link.close_write(self.close_timeout)
+                await pipes.sink.aclose(self.close_timeout)
             exit = await self._stop_child()
-            if self._reader is not None and not self._reader.done():
+            read_done = self._read_done
+            if pipes is not None and read_done is not None and not read_done.done():
                 # Hosts: the child has exited, its end is closed or about to be.
                 # Others: wait for the peer to answer our __close with its EOF,
                 # so that it reads the __close before it sees a broken pipe.
-                await asyncio.wait({self._reader}, timeout=self.close_timeout)
-            await _cancel(self._reader)
-            if link is not None:
-                link.close_read()
-            if self._supervisor is not None and self._supervisor is not asyncio.current_task():
+                await asyncio.wait({read_done}, timeout=self.close_timeout)
+            if pipes is not None:
+                pipes.stop_reading()
+            if self._supervisor is not None:
                 await _cancel(self._supervisor)
             self.exit = exit
             if exit is not None and exit.escalation != "none":
@@ -956,12 +1033,6 @@ class WorkerTarget(BaseEventTarget):
             self._reported_bugs.add(type(exc))
             logger.error("unexpected error in a worker channel", exc_info=exc)
         call_user(self._on_error, exc, log=logger)
-
-
-def _task_error(task: asyncio.Task[Any]) -> BaseException | None:
-    if task.done() and not task.cancelled():
-        return task.exception()
-    return None
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:
@@ -1053,7 +1124,7 @@ class WorkerHost(WorkerTarget):
     def pid(self) -> int | None:
         return None if self._child is None else self._child.pid
 
-    async def _connect(self) -> PipeLink:
+    async def _connect(self) -> _Pipes:
         if self._connector is not None:
             return await super()._connect()
         if self.target is None:
@@ -1086,9 +1157,7 @@ class WorkerHost(WorkerTarget):
             os.close(from_child_write)
         self._child = _SpawnedChild(process)
         try:
-            return await _link_from_fds(
-                from_child_read, to_child_write, self._session.max_frame_bytes
-            )
+            return await _pipes_from_fds(self, from_child_read, to_child_write)
         except BaseException:
             await self._stop_child()
             raise
