@@ -11,12 +11,46 @@ import resource
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from alkpubsub import make_event
 from alkpubsub.core.envelope import Event
 from alkpubsub.core.errors import BackpressureError
 from alkpubsub.transports.worker import WorkerTarget
+
+
+class Relay:
+    """Dispatches from a listener, which cannot await ``drain()``: on
+    ``BackpressureError`` (B13) the event waits, in order behind those already
+    waiting, for a task that drains and sends them."""
+
+    def __init__(self, target: WorkerTarget) -> None:
+        self.target = target
+        self.backlog: deque[Event] = deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self, event: Event) -> None:
+        if not self.backlog:
+            try:
+                self.target.dispatch_event(event)
+                return
+            except BackpressureError:
+                pass
+        self.backlog.append(event)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._send_backlog())
+
+    async def _send_backlog(self) -> None:
+        while self.backlog:
+            await self.target.drain()
+            while self.backlog:
+                try:
+                    self.target.dispatch_event(self.backlog[0])
+                except BackpressureError:
+                    break
+                self.backlog.popleft()
+        self.task = None
 
 
 async def _ready(target: WorkerTarget, payload: Any = None) -> None:
@@ -53,9 +87,10 @@ async def mirror(target: WorkerTarget) -> None:
     once the host processed everything it sent (flush)."""
     listeners: dict[str, Any] = {}
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    send = Relay(target)
 
     def relay(event: Event) -> None:
-        target.dispatch_event(make_event("heard", event.type, event.detail.payload))
+        send(make_event("heard", event.type, event.detail.payload))
 
     target.add_event_listener("ctl:", lambda event: commands.put_nowait(event.detail.payload))
     await _ready(target)

@@ -92,6 +92,7 @@ class PeerSession:
         )
         self.stats = PeerStats()
         self.forwarder.stats = self.stats  # one set of counters for the side
+        self._registry = self.forwarder.registry
         self.max_peer_topics = max_peer_topics
         #: Topics the peer has at least one listener for (its refcounted subscriptions).
         self.peer_topics: set[str] = set()
@@ -107,7 +108,7 @@ class PeerSession:
 
     @property
     def registry(self) -> ListenerRegistry:
-        return self.forwarder.registry
+        return self._registry
 
     @property
     def state(self) -> SpokeState:
@@ -159,7 +160,7 @@ class PeerSession:
             self.stats.filtered_events += 1
         else:
             forwarder.dispatch(event)  # raises TargetClosedError when closed
-        self.registry.dispatch(event)
+        self._registry.dispatch(event)
         return True
 
     def new_ping(self) -> str | None:
@@ -208,7 +209,7 @@ class PeerSession:
         kind = envelope.type
         if kind[:2] != CONTROL_PREFIX:
             self.stats.received_events += 1
-            self.registry.dispatch(Event.from_envelope(envelope))
+            self._registry.dispatch(Event.from_envelope(envelope))
             return None
         if kind == control.SUBSCRIBE or kind == control.UNSUBSCRIBE:
             self.peer_declared = True
