@@ -17,8 +17,8 @@ round trip     the host sends N events and the child echoes each back; the
 round trip     one event, wait for its echo, next: round trips/s (latency).
 (sequential)
 
-alkpubsub: ``dispatch_event`` in a loop with ``await drain()`` on
-``BackpressureError`` (SPEC B13), listeners on both ends, the default limits;
+alkpubsub: ``dispatch_all`` (``dispatch_event`` in a loop, ``await drain()`` on
+``BackpressureError``: SPEC B13), listeners on both ends, the default limits;
 the child's echo listener holds events back on ``BackpressureError`` and
 drains in a task (a listener cannot await). Bare pipe: ``conn.send(dict)`` /
 ``conn.recv()`` in blocking loops, no asyncio.
@@ -48,22 +48,13 @@ from typing import Any
 
 from alkpubsub import BackpressureError, make_event
 from alkpubsub.core.envelope import Event
-from alkpubsub.target import TypedEventTarget
+from alkpubsub.target import TypedEventTarget, dispatch_all
 from alkpubsub.transports.worker import WorkerHost
 
 PAD = "x" * 80
 
 
 # -- the alkpubsub child ------------------------------------------------------------------
-
-
-async def publish(target: TypedEventTarget, event: Event) -> None:
-    while True:
-        try:
-            target.dispatch_event(event)
-            return
-        except BackpressureError:
-            await target.drain()
 
 
 class Relay:
@@ -139,8 +130,10 @@ async def alkpubsub_child(target: TypedEventTarget) -> None:
             break
         command = getting.result()
         if command["op"] == "send":
-            for i in range(command["n"]):
-                await publish(target, make_event("back", "1", {"i": i, "pad": PAD}))
+            n = command["n"]
+            await dispatch_all(
+                target, (make_event("back", "1", {"i": i, "pad": PAD}) for i in range(n))
+            )
 
 
 class AlkpubsubSystem:
@@ -186,8 +179,7 @@ class AlkpubsubSystem:
         host.dispatch_event(make_event("ctl", "", {"op": "expect", "n": n}))
         await host.flush()
         started = time.perf_counter()
-        for i in range(n):
-            await publish(host, make_event("bench", "1", {"i": i, "pad": PAD}))
+        await dispatch_all(host, (make_event("bench", "1", {"i": i, "pad": PAD}) for i in range(n)))
         assert await asyncio.wait_for(self.done, 120) == n
         return n / (time.perf_counter() - started)
 
@@ -201,8 +193,8 @@ class AlkpubsubSystem:
     async def round_trip_pipelined(self, n: int) -> float:
         counted = self._expect(n)
         started = time.perf_counter()
-        for i in range(n):
-            await publish(self.host, make_event("echo", "1", {"i": i, "pad": PAD}))
+        events = (make_event("echo", "1", {"i": i, "pad": PAD}) for i in range(n))
+        await dispatch_all(self.host, events)
         await asyncio.wait_for(counted, 120)
         return n / (time.perf_counter() - started)
 

@@ -128,6 +128,10 @@ class PeerSession:
     def drained(self) -> bool:
         return self.forwarder.drained()
 
+    @property
+    def queued_bytes(self) -> int:
+        return self.forwarder.queued_bytes
+
     def has_output(self) -> bool:
         return bool(self._control) or self.forwarder.has_output()
 
