@@ -541,9 +541,10 @@ class WorkerTarget(BaseEventTarget):
     ``from_streams`` or ``worker_pair``; ``WorkerHost`` starts a child for you.
 
     I/O: received bytes are decoded and dispatched in the event loop's
-    callback (no reader task); what is queued is written at the end of the
-    loop iteration in which it was queued, and at once after each received
-    chunk (a task waits only while the pipe is flow-controlled).
+    callback (no reader task). The first output of a loop iteration is written
+    at once, what follows in the same iteration at its end in one write (or at
+    once from 64 KiB), and answers at once after each received chunk; a task
+    waits only while the pipe is flow-controlled.
     """
 
     transport_name = "worker"
@@ -583,6 +584,7 @@ class WorkerTarget(BaseEventTarget):
         self._child: _Child | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+        self._wrote_now = False  # this loop iteration's first output went out at once
         self._waiting_writable: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -715,14 +717,23 @@ class WorkerTarget(BaseEventTarget):
         return result
 
     def _kick(self) -> None:
-        """Write what was queued at the end of this loop iteration: everything
-        dispatched meanwhile goes out in one write."""
+        """Output for the peer was queued: the first of a loop iteration is
+        written at once (latency), what follows in the same iteration at its end,
+        in one write (throughput)."""
         session = self._session
-        if session.wants_write:
-            session.clear_wants_write()
-            if not self._flush_scheduled and self._loop is not None:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+        if not session.wants_write or self._loop is None:
+            return
+        session.clear_wants_write()
+        if not self._wrote_now:
+            self._wrote_now = True
+            self._loop.call_soon(self._next_iteration)
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _next_iteration(self) -> None:
+        self._wrote_now = False
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once the peer processed everything this end sent before (B4)."""
