@@ -1149,6 +1149,8 @@ class WorkerHost(WorkerTarget):
             return await super()._connect()
         if self.target is None:
             raise ValueError("WorkerHost needs a target ('pkg.module:function' or a function)")
+        if sys.platform == "win32":
+            raise NotImplementedError("the worker transport needs POSIX pipes (Linux, macOS)")
         context = multiprocessing.get_context("spawn")
         to_child_read, to_child_write = os.pipe()
         from_child_read, from_child_write = os.pipe()
