@@ -381,9 +381,11 @@ async def test_child_returns_normal_close_and_last_events_arrive() -> None:
     [
         ("raises", (), 1011, 1, "worker raised ValueError: boom; exit code 1"),
         ("exits", (3,), 1011, 3, "exit code 3"),
+        ("exits", (0,), 1011, 0, "it closed the channel without __close; exit code 0"),
+        ("closes", (4001, "maintenance"), 4001, 0, "maintenance; exit code 0"),
         ("crashes", (), 1011, -signal.SIGSEGV, "killed by SIGSEGV"),
     ],
-    ids=["raises", "sys.exit", "segfault"],
+    ids=["raises", "sys.exit", "sys.exit(0)", "own close code", "segfault"],
 )
 async def test_child_that_fails_reports_exit(
     function: str, args: tuple[Any, ...], code: int, returncode: int, reason: str

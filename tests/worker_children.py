@@ -144,6 +144,12 @@ async def exits(target: WorkerTarget, code: int) -> None:
     sys.exit(code)
 
 
+async def closes(target: WorkerTarget, code: int, reason: str) -> None:
+    """Closes the channel itself, with its own code, then returns."""
+    await _ready(target)
+    await target.aclose(code, reason)
+
+
 async def crashes(target: WorkerTarget) -> None:
     """A real segmentation fault (no core file)."""
     await _ready(target)
