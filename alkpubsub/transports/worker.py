@@ -710,7 +710,7 @@ class WorkerTarget(BaseEventTarget):
             raise TargetClosedError("target is closed")
         session = self._session
         result = session.dispatch(event)
-        if session.queued_bytes >= EAGER_WRITE_BYTES:
+        if session.queued_bytes >= EAGER_WRITE_BYTES and self._waiting_writable is None:
             self._flush()  # never blocks: a non-blocking write of what the pipe takes
         else:
             self._kick()
