@@ -23,7 +23,12 @@ the child's echo listener holds events back on ``BackpressureError`` and
 drains in a task (a listener cannot await). Bare pipe: ``conn.send(dict)`` /
 ``conn.recv()`` in blocking loops, no asyncio.
 
-Each workload runs ``--repeat`` times per system, alternating which goes first;
+A second baseline runs the same pipe and child with the host written as an
+asyncio program must be (it cannot block its loop in ``recv()``): it reads
+when the loop reports the pipe readable (``add_reader``, then ``recv()`` while
+``poll()``), and sends with ``conn.send``.
+
+Each workload runs ``--repeat`` times per system, rotating which goes first;
 the tables show medians and the ratio alkpubsub/baseline: events/s (wall
 clock) and CPU microseconds per event, host and child together (CPU time is
 steadier than wall-clock rates on a shared machine).
@@ -299,6 +304,78 @@ class PipeSystem:
         self.conn.close()
 
 
+class AsyncioPipeSystem(PipeSystem):
+    """The same pipe and child, with the host written as an asyncio program
+    must be: it cannot block its loop in ``recv()``, so it reads when the loop
+    says the pipe is readable (``add_reader``, then ``recv()`` while ``poll()``);
+    it sends with ``conn.send`` as the blocking baseline does."""
+
+    name = "Pipe, asyncio host"
+
+    async def start(self) -> None:
+        await super().start()
+        self.count = 0
+        self.target_count = 0
+        self.counted: asyncio.Future[None] | None = None
+        asyncio.get_running_loop().add_reader(self.conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        conn = self.conn
+        while conn.poll():
+            conn.recv()
+            self.count += 1
+            if self.count == self.target_count and self.counted is not None:
+                self.counted.set_result(None)
+
+    def _expect(self, n: int) -> asyncio.Future[None]:
+        self.count, self.target_count = 0, n
+        self.counted = asyncio.get_running_loop().create_future()
+        return self.counted
+
+    async def one_way_to_child(self, n: int) -> float:
+        conn = self.conn
+        done = self._expect(1)
+        conn.send({"op": "expect", "n": n})
+        started = time.perf_counter()
+        for i in range(n):
+            conn.send({"type": "bench", "id": "1", "payload": {"i": i, "pad": PAD}})
+        await done
+        return n / (time.perf_counter() - started)
+
+    async def one_way_to_host(self, n: int) -> float:
+        counted = self._expect(n)
+        started = time.perf_counter()
+        self.conn.send({"op": "send", "n": n})
+        await counted
+        return n / (time.perf_counter() - started)
+
+    async def round_trip_pipelined(self, n: int) -> float:
+        conn = self.conn
+        counted = self._expect(n)
+        conn.send({"op": "echo", "n": n})
+        started = time.perf_counter()
+        for i in range(n):
+            conn.send({"type": "echo", "id": "1", "payload": {"i": i, "pad": PAD}})
+            if i % 100 == 99:
+                await asyncio.sleep(0)  # let the reader run: both pipes would fill up
+        await counted
+        return n / (time.perf_counter() - started)
+
+    async def round_trip_sequential(self, n: int) -> float:
+        conn = self.conn
+        conn.send({"op": "echo", "n": n})
+        started = time.perf_counter()
+        for i in range(n):
+            counted = self._expect(1)
+            conn.send({"type": "echo", "id": "1", "payload": {"i": i, "pad": PAD}})
+            await counted
+        return n / (time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        await super().stop()
+
+
 # -- driver ----------------------------------------------------------------------------------
 
 
@@ -323,7 +400,7 @@ Results = dict[str, dict[str, dict[str, list[float]]]]  # workload -> system -> 
 
 
 async def run(repeat: int, events: int) -> Results:
-    systems: list[Any] = [PipeSystem(), AlkpubsubSystem()]
+    systems: list[Any] = [PipeSystem(), AsyncioPipeSystem(), AlkpubsubSystem()]
     for system in systems:
         await system.start()
     results: Results = {
@@ -332,7 +409,7 @@ async def run(repeat: int, events: int) -> Results:
     }
     try:
         for round_ in range(repeat):
-            order = systems if round_ % 2 == 0 else systems[::-1]
+            order = systems[round_ % len(systems) :] + systems[: round_ % len(systems)]
             for workload, method, size in WORKLOADS:
                 for system in order:
                     measure: Callable[[int], Awaitable[float]] = getattr(system, method)
@@ -356,16 +433,18 @@ async def run(repeat: int, events: int) -> Results:
 
 def table(results: Results) -> str:
     lines = [
-        "| workload | metric | multiprocessing.Pipe | alkpubsub worker | ratio |",
-        "|---|---|---:|---:|---:|",
+        "| workload | metric | Pipe, blocking loops | Pipe, asyncio host | alkpubsub worker "
+        "| ratio vs blocking | ratio vs asyncio host |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for workload, by_system in results.items():
         for metric, unit in (("events_per_s", ",.0f"), ("cpu_us_per_event", ",.1f")):
-            baseline = statistics.median(by_system["multiprocessing.Pipe"][metric])
+            blocking = statistics.median(by_system["multiprocessing.Pipe"][metric])
+            asyncio_host = statistics.median(by_system["Pipe, asyncio host"][metric])
             ours = statistics.median(by_system["alkpubsub"][metric])
             lines.append(
-                f"| {workload} | {metric} | {baseline:{unit}} | {ours:{unit}} "
-                f"| {ours / baseline:.2f}x |"
+                f"| {workload} | {metric} | {blocking:{unit}} | {asyncio_host:{unit}} "
+                f"| {ours:{unit}} | {ours / blocking:.2f}x | {ours / asyncio_host:.2f}x |"
             )
     return "\n".join(lines)
 
