@@ -504,6 +504,22 @@ async def test_a_worker_that_cannot_be_loaded_fails_start() -> None:
     assert host.exit.returncode == 1
 
 
+async def test_start_cancelled_while_spawning_leaves_nothing_behind() -> None:
+    """connect_timeout fires while process.start() still writes a 5 MB argument
+    to the new child: the spawn is allowed to finish (the fds it passes stay
+    open until then), and the child it started is stopped and reaped."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # its fd, once per process
+    before = open_fds()
+    host = WorkerHost("tests.worker_children:echo", args=("x" * 5_000_000,), connect_timeout=0.05)
+    with pytest.raises(ConnectionError, match="did not answer within"):
+        await within(host.start(), SPAWN_TIMEOUT)
+    assert host.exit is not None  # a child was started, and reaped
+    assert not pid_alive(host.exit.pid or -1)
+    assert open_fds() == before
+
+
 async def test_a_worker_function_that_is_not_async_is_refused() -> None:
     reasons = Reasons()
     host = WorkerHost("tests.worker_children:not_async", on_disconnect=reasons)

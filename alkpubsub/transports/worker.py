@@ -1167,16 +1167,27 @@ class WorkerHost(WorkerTarget):
             ),
             name=f"alkpubsub-worker[{name}]",
         )
+        # Spawning (a fork/exec, then writing the pickled process to the child)
+        # blocks for milliseconds, longer with large arguments: off the loop.
+        starting = asyncio.ensure_future(asyncio.to_thread(process.start))
         try:
-            # Spawning writes the pickled process to the child: off the loop.
-            await asyncio.to_thread(process.start)
+            await asyncio.shield(starting)
         except BaseException:
+            # Cancelled, or start() failed: its thread may still be passing the
+            # fds to a new child. Let it finish; a child it started is stopped
+            # and reaped by aclose().
+            while not starting.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({starting})
             for fd in (to_child_write, from_child_read):
                 os.close(fd)
+            if process.pid is not None:
+                self._child = _SpawnedChild(process)
             raise
         finally:
-            os.close(to_child_read)
-            os.close(from_child_write)
+            if starting.done():
+                os.close(to_child_read)
+                os.close(from_child_write)
         self._child = _SpawnedChild(process)
         try:
             return await _pipes_from_fds(self, from_child_read, to_child_write)
