@@ -76,7 +76,8 @@ class FrameDecoder:
 
     Feed it chunks of any size; it returns every whole frame they complete.
     A zero length or one above ``max_frame_bytes`` raises ``FramingError``
-    (the connection must then be closed: the stream cannot be resynchronised).
+    (the connection must then be closed: the stream cannot be resynchronised);
+    the whole frames that the same chunk completed before it are in its ``frames``.
     """
 
     __slots__ = ("_buffer", "_failed", "_max_frame_bytes")
@@ -110,6 +111,7 @@ class FrameDecoder:
                 raise FramingError(
                     f"{kind} violates framing (max_frame_bytes={limit})",
                     close_code=CloseCode.PROTOCOL_ERROR if size == 0 else CloseCode.MESSAGE_TOO_BIG,
+                    frames=frames,
                 )
             start = offset + LENGTH_PREFIX_BYTES
             if end - start < size:

@@ -6,6 +6,8 @@ can catch them generically; runtime conditions (closed, backpressure) are not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .close import CloseCode
 
 __all__ = [
@@ -61,12 +63,20 @@ class FramingError(AlkPubSubError, ValueError):
     """A byte stream broke the framing rules (SPEC F2); the connection must close.
 
     ``close_code`` is the close code to use (``MESSAGE_TOO_BIG`` for an oversized
-    frame, ``PROTOCOL_ERROR`` otherwise).
+    frame, ``PROTOCOL_ERROR`` otherwise). ``frames`` are the whole frames that
+    preceded the violation in the same chunk: they were received intact, and a
+    receiver that delivers them loses nothing the peer sent before the bad bytes.
     """
 
-    def __init__(self, message: str, close_code: int = CloseCode.PROTOCOL_ERROR) -> None:
+    def __init__(
+        self,
+        message: str,
+        close_code: int = CloseCode.PROTOCOL_ERROR,
+        frames: Sequence[bytes] = (),
+    ) -> None:
         super().__init__(message)
         self.close_code = close_code
+        self.frames: list[bytes] = list(frames)
 
 
 class TargetClosedError(AlkPubSubError, RuntimeError):

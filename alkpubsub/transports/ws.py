@@ -93,10 +93,21 @@ class WebsocketsLink:
         ws = self.ws
         if ws.protocol.state is not State.OPEN:
             raise ConnectionError("websocket is not open")
-        send_text = ws.protocol.send_text
+        protocol = ws.protocol
+        send_text = protocol.send_text
         for frame in frames:
             send_text(frame)
-        ws.send_data()
+        # One write (one system call) for the whole batch: websockets' own
+        # send_data() writes each frame separately.
+        chunks = protocol.data_to_send()
+        if all(chunks):
+            ws.transport.write(b"".join(chunks))
+        else:  # an end of stream among them (not from send_text): its own path
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+                elif ws.transport.can_write_eof():
+                    ws.transport.write_eof()
 
     async def send(self, frames: list[bytes]) -> None:
         self.write_nowait(frames)
