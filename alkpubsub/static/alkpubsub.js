@@ -316,8 +316,8 @@ export class WebSocketSpoke {
   #silentTicks = 0;
   #ready;
   #settleReady;
-  #stats = { attempts: 0, connections: 0, welcomes: 0, resumedSessions: 0, gaps: 0,
-             undeliveredEvents: 0, sentEvents: 0, receivedEvents: 0, invalidFrames: 0,
+  #stats = { attempts: 0, connections: 0, welcomes: 0, resumedSessions: 0, resentEvents: 0,
+             gaps: 0, undeliveredEvents: 0, sentEvents: 0, receivedEvents: 0, invalidFrames: 0,
              unknownControl: 0, hubErrors: 0 };
 
   constructor(url, options = {}) {
@@ -540,7 +540,9 @@ export class WebSocketSpoke {
 
   #welcome(payload) {
     const socket = this.#socket;
-    if (this.#welcomed || socket === null || socket.readyState !== OPEN) return; // only the first frame welcomes
+    // Only a link's first frame welcomes. (`ws` may hand over frames that arrived just
+    // before the connection ended, from a socket already CLOSING: #open copes.)
+    if (this.#welcomed || socket === null) return;
     clearTimeout(this.#linkTimer);
     const token = typeof payload.token === 'string' && payload.token ? payload.token : null;
     const confirmed = countOf(payload.received) ?? 0;
@@ -552,6 +554,7 @@ export class WebSocketSpoke {
       resend = this.#sent.clear(); // not confirmed: sent again, and counted again
       gap = payload.gap === true;
       this.#stats.resumedSessions += 1;
+      this.#stats.resentEvents += resend.length;
     } else {
       gap = this.#welcomedBefore;
       undelivered = this.#sent.clear();
@@ -582,6 +585,11 @@ export class WebSocketSpoke {
   /** Welcomed: subscriptions first, then what the hub did not confirm, then the outbox (B7). */
   #open(socket, resend) {
     this.#welcomed = true;
+    if (socket.readyState !== OPEN) {
+      // Already closing: everything waits for the next link, in order.
+      this.#outbox = [...resend, ...this.#outbox];
+      return;
+    }
     const topics = [...this.#listeners.keys()];
     for (const topic of this.#hubTopics) {
       if (!this.#listeners.has(topic)) this.#sendControl('__unsubscribe', { topic });
