@@ -549,6 +549,39 @@ async def test_a_finally_refused_node_spoke_leaves_nothing_running(hub: WebSocke
     assert time.monotonic() - started < 10
 
 
+async def test_a_closed_node_spoke_delivered_everything_and_leaves_nothing_running(
+    hub: WebSocketHub,
+) -> None:
+    """close() right after publishing: the hub has every event when it resolves, and
+    the heartbeat and every other timer are gone: the Node program ends by itself."""
+    require_js(browser=False)
+    heard_by_hub = Recorder("hub")
+    hub.add_event_listener("last:1", heard_by_hub)
+    script = (
+        "import { WebSocket } from 'ws';"
+        f"import {{ createWebSocketSpoke }} from {json.dumps(str(static_dir() / 'alkpubsub.js'))};"
+        "const spoke = createWebSocketSpoke(process.argv[1], { WebSocket });"
+        "await spoke.ready();"
+        "for (let i = 0; i < 100; i += 1) spoke.publish('last', '1', i);"
+        "await spoke.close();"
+        "console.log(JSON.stringify(spoke.stats.undeliveredEvents));"
+    )
+    node = shutil.which("node") or "node"
+    process = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "--eval", script, hub.url,
+        cwd=JS_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await within(process.communicate())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == 0
+    assert heard_by_hub.payloads == list(range(100))
+    assert hub.router.sessions == {}
+
+
 # -- B13: a hub that does not read -----------------------------------------------------------------
 
 
