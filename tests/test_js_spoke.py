@@ -955,7 +955,7 @@ async def test_an_idle_spoke_keeps_its_link_with_its_heartbeat(js: JsDriver) -> 
         frames = hub.stats.received_frames
         await asyncio.sleep(1.6)  # idle for 4 intervals: only heartbeats cross the link
         assert hub.stats.heartbeat_timeouts == 0
-        assert hub.stats.received_frames - frames >= 2  # its pings
+        assert hub.stats.received_frames > frames  # its pings (every other interval)
         assert (await state(js, "s"))["connected"] is True
         assert js.reported("disconnect", "s") == []
 
