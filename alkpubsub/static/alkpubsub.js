@@ -756,16 +756,20 @@ export class WebSocketSpoke {
   #ping(answered) {
     const nonce = String(++this.#pingCounter);
     this.#pendingPings.set(nonce, answered);
-    this.#sendControl('__ping', this.#ackPayload(), nonce);
+    this.#sendCounted('__ping', nonce);
     return nonce;
   }
 
-  /** `{received: N}` in a session (an acknowledgement), `{}` otherwise. */
-  #ackPayload() {
-    if (this.#token === null) return {};
+  /** A control frame that carries, in a session, our count: an acknowledgement. */
+  #sendCounted(type, id = '') {
+    if (this.#liveSocket() === null) return;
+    if (this.#token === null) {
+      this.#sendControl(type, {}, id);
+      return;
+    }
     this.#ackedCount = this.#received;
     this.#ackedChars = this.#receivedChars;
-    return { received: this.#received };
+    this.#sendControl(type, { received: this.#received }, id);
   }
 
   #receive(data) {
@@ -791,7 +795,7 @@ export class WebSocketSpoke {
       this.#received += 1;
       this.#receivedChars += text.length;
       if (this.#received - this.#ackedCount >= ACK_EVERY_FRAMES || this.#receivedChars - this.#ackedChars >= ACK_EVERY_CHARS) {
-        this.#sendControl('__ack', this.#ackPayload());
+        this.#sendCounted('__ack');
       }
     }
     this.#stats.receivedEvents += 1;
@@ -822,7 +826,7 @@ export class WebSocketSpoke {
       }
       case '__ping':
         this.#acked(payload);
-        this.#sendControl('__pong', this.#ackPayload(), envelope.id);
+        this.#sendCounted('__pong', envelope.id);
         break;
       case '__welcome':
         this.#welcome(payload);
