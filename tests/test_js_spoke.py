@@ -14,7 +14,11 @@ import importlib.resources
 import itertools
 import json
 import shutil
+import signal
+import socket
+import struct
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -546,6 +550,39 @@ async def test_a_finally_refused_node_spoke_leaves_nothing_running(hub: WebSocke
     assert time.monotonic() - started < 10
 
 
+async def test_a_closed_node_spoke_delivered_everything_and_leaves_nothing_running(
+    hub: WebSocketHub,
+) -> None:
+    """close() right after publishing: the hub has every event when it resolves, and
+    the heartbeat and every other timer are gone: the Node program ends by itself."""
+    require_js(browser=False)
+    heard_by_hub = Recorder("hub")
+    hub.add_event_listener("last:1", heard_by_hub)
+    script = (
+        "import { WebSocket } from 'ws';"
+        f"import {{ createWebSocketSpoke }} from {json.dumps(str(static_dir() / 'alkpubsub.js'))};"
+        "const spoke = createWebSocketSpoke(process.argv[1], { WebSocket });"
+        "await spoke.ready();"
+        "for (let i = 0; i < 100; i += 1) spoke.publish('last', '1', i);"
+        "await spoke.close();"
+        "console.log(JSON.stringify(spoke.stats.undeliveredEvents));"
+    )
+    node = shutil.which("node") or "node"
+    process = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "--eval", script, hub.url,
+        cwd=JS_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await within(process.communicate())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == 0
+    assert heard_by_hub.payloads == list(range(100))
+    assert hub.router.sessions == {}
+
+
 # -- B13: a hub that does not read -----------------------------------------------------------------
 
 
@@ -571,3 +608,467 @@ async def test_b13_a_stalled_connection_bounds_what_the_spoke_buffers(js: JsDriv
     assert (result["error"] or {}).get("name") == "BackpressureError", result
     assert "maxBufferedBytes=262144" in result["error"]["message"]
     assert 1 <= result["published"] < 2000
+
+
+# -- sessions, heartbeats, close codes (docs/protocol.md §4, §5) ----------------------------------
+
+
+class ResettingProxy:
+    """A TCP proxy between JS spokes and a hub on 127.0.0.1. ``reset()`` kills every
+    connection through it with a TCP RST (no WebSocket close, in either direction);
+    ``hold()`` makes the current connections drop what the spokes send (it never
+    reaches the hub). New connections are forwarded normally."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.pipes: dict[tuple[asyncio.StreamWriter, asyncio.StreamWriter], bool] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def __aenter__(self) -> ResettingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.reset()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def reset(self) -> int:
+        """Abort every connection (RST both ways); returns how many there were."""
+        pipes = list(self.pipes)
+        self.pipes.clear()
+        for pipe in pipes:
+            for writer in pipe:
+                with contextlib.suppress(OSError):
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+        return len(pipes)
+
+    def hold(self) -> None:
+        for pipe in self.pipes:
+            self.pipes[pipe] = True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:  # the hub is down: the spoke sees a failed attempt
+            writer.transport.abort()
+            return
+        pipe = (writer, up_writer)
+        self.pipes[pipe] = False
+        for source, sink, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.ensure_future(self._copy(pipe, source, sink, upstream))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _copy(
+        self,
+        pipe: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        upstream: bool,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if upstream and self.pipes.get(pipe, False):
+                    continue  # held: dropped on the way to the hub
+                sink.write(data)
+                await sink.drain()
+            sink.close()  # a clean end goes on cleanly
+
+
+@pytest_asyncio.fixture
+async def proxied_hub() -> AsyncIterator[tuple[WebSocketHub, ResettingProxy]]:
+    async with WebSocketHub(port=0) as hub, ResettingProxy(port_of(hub.url)) as proxy:
+        yield hub, proxy
+
+
+def sessions(js: JsDriver, spoke: str) -> list[tuple[str, bool, bool, int]]:
+    return [
+        (e["spokeId"], e["resumed"], e["gap"], e["undelivered"])
+        for e in js.reported("session", spoke)
+    ]
+
+
+async def test_session_acks_flow_both_ways(hub: WebSocketHub, js: JsDriver) -> None:
+    """§5: the hello asks for a session and announces the heartbeat; each side
+    acknowledges what it received (an __ack every 64 frames, counts on pings)."""
+    heard_by_hub = Recorder("hub")
+    hub.add_event_listener("up:1", heard_by_hub)
+    spoke_id = await spawn(js, "s", hub.url)
+    conn = hub.router.connections[spoke_id]
+    assert conn.token is not None
+    assert conn.heartbeat_ticks is not None  # "heartbeat": 1 announced
+    assert sessions(js, "s") == [(spoke_id, False, False, 0)]
+    await js.request("listen", spoke="s", topic="down:1")
+    await js.request("flush", spoke="s")
+    for i in range(200):
+        hub.dispatch_event(make_event("down", "1", i))
+    await js.wait_for("message", "s", count=200)
+    assert js.payloads("s") == list(range(200))
+    result = await js.request("publishMany", spoke="s", type="up", id="1", count=200)
+    assert result == {"published": 200, "error": None}
+    await heard_by_hub.wait_for_count(200, TIMEOUT)
+    assert conn.sent is not None
+    assert len(conn.sent) < 64  # the spoke's __ack frames confirmed the rest
+    await js.request("flush", spoke="s")  # the pong carries the hub's count
+    after = await state(js, "s")
+    assert (after["hasSession"], after["unconfirmedSize"]) == (True, 0)
+    assert after["stats"]["invalidFrames"] == 0
+    assert hub.stats.invalid_control == 0  # no ack for more than was sent
+
+
+async def test_session_false_is_a_plain_client(hub: WebSocketHub, js: JsDriver) -> None:
+    spoke_id = await spawn(js, "s", hub.url, session=False, heartbeatIntervalMs=None)
+    conn = hub.router.connections[spoke_id]
+    assert (conn.token, conn.sent, conn.heartbeat_ticks) == (None, None, None)
+    await js.request("publishMany", spoke="s", type="t", id="1", count=100)
+    await js.request("flush", spoke="s")
+    after = await state(js, "s")
+    assert (after["hasSession"], after["unconfirmedSize"]) == (False, 0)
+
+
+async def test_session_resumes_through_resets_losing_and_duplicating_nothing(
+    proxied_hub: tuple[WebSocketHub, ResettingProxy], js: JsDriver
+) -> None:
+    """§5, B7: while events flow both ways the TCP connection is reset (RST, no close
+    frame) three times, once after the proxy dropped half of what the spoke sent; each
+    reconnect resumes the session: same spoke id, every event delivered once, in
+    order, in both directions."""
+    hub, proxy = proxied_hub
+    heard_by_hub = Recorder("hub")
+    hub.add_event_listener("up:1", heard_by_hub)
+    spoke_id = await spawn(js, "s", proxy.url, backoffInitialMs=50, backoffMaxMs=200)
+    await js.request("listen", spoke="s", topic="down:1")
+    await js.request("flush", spoke="s")
+    half, rounds = 50, 3
+    for round_ in range(rounds):
+        for part in range(2):
+            if round_ == 1 and part == 1:
+                proxy.hold()  # this half never reaches the hub: it must be sent again
+            result = await js.request(
+                "publishMany", spoke="s", type="up", id="1", count=half,
+                start=(2 * round_ + part) * half, payloadBytes=1000,
+            )  # fmt: skip
+            assert result == {"published": half, "error": None}
+        for i in range(2 * round_ * half, 2 * (round_ + 1) * half):
+            hub.dispatch_event(make_event("down", "1", {"index": i, "padding": "y" * 1000}))
+        assert proxy.reset() == 1  # with frames in flight both ways
+        await js.wait_for("session", "s", count=round_ + 2)
+    total = 2 * half * rounds
+    await js.wait_for("message", "s", count=total)
+    await js.request("flush", spoke="s")
+    await heard_by_hub.wait_for_count(total, TIMEOUT)
+    assert [p["index"] for p in heard_by_hub.payloads] == list(range(total))
+    assert [p["index"] for p in js.payloads("s")] == list(range(total))
+    first, resumed = (spoke_id, False, False, 0), (spoke_id, True, False, 0)
+    assert sessions(js, "s") == [first] + [resumed] * rounds
+    assert hub.stats.sessions_resumed == rounds
+    disconnects = js.reported("disconnect", "s")
+    assert len(disconnects) == rounds
+    assert {d["code"] for d in disconnects} == {1006}
+    stats = (await state(js, "s"))["stats"]
+    assert stats["resentEvents"] >= half
+    assert (stats["resumedSessions"], stats["undeliveredEvents"], stats["gaps"]) == (rounds, 0, 0)
+    assert js.reported("error", "s") == []
+
+
+async def test_after_a_hub_restart_the_spoke_reports_the_gap_and_moves_its_inbox(
+    js: JsDriver,
+) -> None:
+    """§5: the new hub knows no session: the spoke gets a new id, reports the gap and
+    the events the old hub never confirmed (onUndelivered), and the application's
+    `direct:` listener, moved in onSession, works on the new id."""
+    first = WebSocketHub(port=0, close_timeout=0.2)
+    await first.start()
+    port = port_of(first.url)
+    heard = Recorder("hubs")
+    first.add_event_listener("lost:1", heard)
+    async with ResettingProxy(port) as proxy:
+        try:
+            await js.request(
+                "create", spoke="s", url=proxy.url, followDirect=True,
+                options={"backoffInitialMs": 50, "backoffMaxMs": 200},
+            )  # fmt: skip
+            first_id = await js.request("ready", spoke="s")
+            await js.request("flush", spoke="s")
+            first.dispatch_event(make_event("direct", first_id, "to the first id"))
+            await js.wait_for("message", "s")
+            proxy.hold()  # what the spoke sends now never reaches the first hub
+            await js.request("publishMany", spoke="s", type="lost", id="1", count=5)
+            assert (await state(js, "s"))["unconfirmedSize"] == 5
+        finally:
+            await first.aclose()
+        second = WebSocketHub(port=port)
+        second.add_event_listener("lost:1", heard)
+        async with second:
+            (_, session) = await js.wait_for("session", "s", count=2)
+            new_id = session["spokeId"]
+            assert new_id != first_id
+            assert (session["resumed"], session["gap"], session["undelivered"]) == (False, True, 5)
+            (undelivered,) = await js.wait_for("undelivered", "s")
+            assert [e["payload"] for e in undelivered["envelopes"]] == [0, 1, 2, 3, 4]
+            assert (await state(js, "s"))["spokeId"] == new_id  # what the application re-reads
+            await js.request("flush", spoke="s")
+            assert [p.spoke_id for p in second.subscribers(f"direct:{new_id}")] == [new_id]
+            second.dispatch_event(make_event("direct", new_id, "to the new id"))
+            await js.wait_for("message", "s", count=2)
+            assert js.payloads("s", "inbox") == ["to the first id", "to the new id"]
+            assert heard.payloads == []  # never resent: nothing is delivered twice
+            after = await state(js, "s")
+            assert (after["stats"]["gaps"], after["stats"]["undeliveredEvents"]) == (1, 5)
+            assert js.reported("error", "s") == []  # no refused direct:<old id>
+
+
+async def test_a_stolen_token_is_refused_while_its_session_is_live(
+    hub: WebSocketHub, js: JsDriver
+) -> None:
+    """§5: a second spoke that presents the first one's resume token is closed with
+    4409, retries with backoff, and the first spoke notices nothing."""
+    owner_id = await spawn(js, "owner", hub.url)
+    await js.request("listen", spoke="owner", topic="t:1")
+    await js.request("flush", spoke="owner")
+    token = hub.router.connections[owner_id].token
+    await js.request(
+        "create", spoke="thief", url=hub.url, helloPatch={"resume": token, "received": 0},
+        options={"backoffInitialMs": 50, "backoffMaxMs": 100},
+    )  # fmt: skip
+    refusals = [e["error"] for e in await js.wait_for("error", "thief", count=3)]
+    assert {(e["name"], e["closeCode"]) for e in refusals} == {("ConnectionFailedError", 4409)}
+    thief = await state(js, "thief")
+    assert (thief["connected"], thief["closed"], thief["spokeId"]) == (False, False, None)
+    assert thief["stats"]["attempts"] >= 3
+    await js.request("close", spoke="thief")
+    assert hub.router.connections[owner_id].token == token  # untouched
+    hub.dispatch_event(make_event("t", "1", "still here"))
+    await js.wait_for("message", "owner")
+    owner = await state(js, "owner")
+    assert (owner["connected"], owner["spokeId"]) == (True, owner_id)
+    assert js.reported("disconnect", "owner") == []
+    assert js.reported("session", "thief") == []
+
+
+async def test_close_delivers_what_was_accepted_then_ends_the_session(js: JsDriver) -> None:
+    """close() waits until the hub confirmed every event, then closes with 1000: the
+    hub forgets the session."""
+    gone = asyncio.Event()
+    heard_by_hub = Recorder("hub")
+    async with WebSocketHub(port=0, on_disconnection=lambda _: gone.set()) as hub:
+        hub.add_event_listener("bye:1", heard_by_hub)
+        await spawn(js, "s", hub.url)
+        await js.request("publishMany", spoke="s", type="bye", id="1", count=300, payloadBytes=2000)
+        await js.request("close", spoke="s")
+        assert heard_by_hub.payloads == [{"index": i, "padding": "x" * 2000} for i in range(300)]
+        await within(gone.wait())  # the session ended with the link, not after a grace period
+        assert hub.router.connections == {}
+        assert hub.router.sessions == {}
+    assert js.reported("undelivered", "s") == []
+    assert (await state(js, "s"))["stats"]["undeliveredEvents"] == 0
+
+
+async def test_close_reports_what_the_hub_could_not_confirm(
+    proxied_hub: tuple[WebSocketHub, ResettingProxy], js: JsDriver
+) -> None:
+    _, proxy = proxied_hub
+    await spawn(js, "s", proxy.url, closeTimeoutMs=300)
+    await js.request("flush", spoke="s")
+    proxy.hold()
+    await js.request("publishMany", spoke="s", type="held", id="1", count=3)
+    await js.request("close", spoke="s", wait=False)
+    (undelivered,) = await js.wait_for("undelivered", "s")
+    proxy.reset()  # the close frame is held too: do not wait for the handshake
+    assert [e["payload"] for e in undelivered["envelopes"]] == [0, 1, 2]
+    assert (await state(js, "s"))["stats"]["undeliveredEvents"] == 3
+
+
+HUB_PROCESS = """
+import asyncio
+from alkpubsub import make_event
+from alkpubsub.transports.ws import WebSocketHub
+
+async def main():
+    async with WebSocketHub(port=0) as hub:
+        def echo(event):
+            hub.dispatch_event(make_event("echo", "1", event.detail.payload))
+        hub.add_event_listener("echo.request:1", echo)
+        print(hub.url, flush=True)
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"""
+
+
+async def test_heartbeat_notices_a_frozen_hub_and_the_session_resumes(js: JsDriver) -> None:
+    """§5: the hub process is frozen (SIGSTOP; its kernel still accepts the bytes):
+    the spoke declares the link lost within 5 s, and once the hub runs again it
+    resumes its session with the same id."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HUB_PROCESS, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        url = (await within(process.stdout.readline())).decode().strip()
+        spoke_id = await spawn(js, "s", url, backoffInitialMs=100, backoffMaxMs=500)
+        await js.request("listen", spoke="s", topic="echo:1")
+        await js.request("flush", spoke="s")
+        await js.request("publish", spoke="s", type="echo.request", id="1", payload="before")
+        await js.wait_for("message", "s")
+        process.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        (disconnect,) = await js.wait_for("disconnect", "s", timeout=8)
+        noticed_after = time.monotonic() - frozen_at
+        assert noticed_after < 5, noticed_after
+        assert disconnect["code"] == 1006
+        assert "nothing heard from the hub for 3000 ms" in disconnect["reason"]
+        await js.request("publish", spoke="s", type="echo.request", id="1", payload="during")
+        process.send_signal(signal.SIGCONT)
+        await js.wait_for("session", "s", count=2, timeout=TIMEOUT + 10)
+        assert sessions(js, "s")[1] == (spoke_id, True, False, 0)
+        await js.wait_for("message", "s", count=2)
+        assert js.payloads("s") == ["before", "during"]
+        await js.request("close", spoke="s")
+        print(f"{js.name}: frozen hub noticed after {noticed_after:.2f}s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        await process.wait()
+
+
+async def test_an_idle_spoke_keeps_its_link_with_its_heartbeat(js: JsDriver) -> None:
+    """§5: the hub cuts a spoke silent for 3 of its announced heartbeats (here 3 x 0.4 s);
+    an idle JS spoke pings (at least every other interval) and is never cut."""
+    async with WebSocketHub(port=0, tick_interval=0.1) as hub:
+        spoke_id = await spawn(js, "s", hub.url, heartbeatIntervalMs=400, heartbeatTimeoutMs=1200)
+        assert hub.router.connections[spoke_id].heartbeat_ticks is not None
+        frames = hub.stats.received_frames
+        await asyncio.sleep(1.6)  # idle for 4 intervals: only heartbeats cross the link
+        assert hub.stats.heartbeat_timeouts == 0
+        assert hub.stats.received_frames > frames  # its pings (every other interval)
+        assert (await state(js, "s"))["connected"] is True
+        assert js.reported("disconnect", "s") == []
+
+
+@pytest.mark.parametrize(("announced", "final"), [(4403, True), (1013, False)])
+async def test_an_announced_close_code_counts_when_the_close_frame_is_lost(
+    js: JsDriver, announced: int, final: bool
+) -> None:
+    """§4: the hub's __close announces the code; the TCP connection then dies without
+    a close frame (1006): the spoke reports the announced code, and 4403 is final."""
+    connections = 0
+
+    async def announce_and_vanish(connection: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await connection.recv()  # the hello
+        await connection.send(welcome(f"x-{connections}"))
+        if connections == 1:
+            close = {"code": announced, "reason": "announced"}
+            await connection.send(json.dumps({"type": "__close", "id": "", "payload": close}))
+            assert connection.transport is not None
+            connection.transport.abort()
+        else:
+            await connection.wait_closed()
+
+    async with serve(announce_and_vanish, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        options = {"backoffInitialMs": 50, "backoffMaxMs": 100}
+        await js.request("create", spoke="s", url=f"ws://127.0.0.1:{port}/", options=options)
+        (disconnect,) = await js.wait_for("disconnect", "s")
+        assert (disconnect["code"], disconnect["reason"]) == (announced, "announced")
+        if final:
+            (error,) = [e["error"] for e in await js.wait_for("error", "s")]
+            assert (error["name"], error["closeCode"], error["final"]) == (
+                "ConnectionRefusedByHubError", announced, True,
+            )  # fmt: skip
+            after = await state(js, "s")
+            assert (after["closed"], after["stats"]["attempts"]) == (True, 1)
+        else:
+            await js.wait_for("connect", "s", count=2)
+        await js.request("close", spoke="s")
+    assert connections == (1 if final else 2)
+
+
+@pytest.mark.parametrize(("verdict", "code"), [(401, 4401), (False, 4403)])
+async def test_a_mounted_hub_refusing_with_4401_or_4403_is_never_retried(
+    js: JsDriver, verdict: bool | int, code: int
+) -> None:
+    """§4, §8: a hub serving an accepted WebSocket refuses with a close code before
+    the welcome; the spoke reports it as final and never connects again."""
+    refusals: list[str] = []
+
+    def authenticate(request: HttpRequestInfo) -> bool | int:
+        refusals.append(request.path or "")
+        return verdict
+
+    hub = WebSocketHub(serve=False, authenticate=authenticate)
+    async with hub, serve(hub.serve_connection, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        await js.request(
+            "create", spoke="s", url=f"ws://127.0.0.1:{port}/",
+            options={"backoffInitialMs": 10, "backoffMaxMs": 20},
+        )  # fmt: skip
+        (error,) = [e["error"] for e in await js.wait_for("error", "s")]
+        assert (error["name"], error["closeCode"], error["final"]) == (
+            "ConnectionRefusedByHubError", code, True,
+        )  # fmt: skip
+        await js.request("flush", spoke="s")  # closed: returns at once
+        after = await state(js, "s")
+        assert (after["closed"], after["stats"]["attempts"]) == (True, 1)
+        with pytest.raises(JsCommandError) as raised:
+            await js.request("ready", spoke="s")
+        assert raised.value.error["name"] == "ConnectionRefusedByHubError"
+    assert len(refusals) == 1
+    assert js.reported("disconnect", "s") == []  # never welcomed
+
+
+async def test_protocol_complaints_reach_on_error(js: JsDriver) -> None:
+    """__error invalid_frame / invalid_control: the hub dropped something of ours."""
+
+    async def complain(connection: ServerConnection) -> None:
+        await connection.recv()
+        await connection.send(welcome("x"))
+        for code in ("invalid_frame", "invalid_control", "forbidden"):
+            error = {"code": code, "message": f"{code} here"}
+            await connection.send(json.dumps({"type": "__error", "id": "", "payload": error}))
+        await connection.wait_closed()
+
+    async with serve(complain, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        await spawn(js, "s", f"ws://127.0.0.1:{port}/")
+        errors = [e["error"] for e in await js.wait_for("error", "s", count=3)]
+        await js.request("close", spoke="s")
+    assert [(e["name"], e["code"]) for e in errors] == [
+        ("ProtocolComplaintError", "invalid_frame"),
+        ("ProtocolComplaintError", "invalid_control"),
+        ("HubRefusalError", "forbidden"),
+    ]
+
+
+async def test_lone_surrogates_are_refused_before_sending(hub: WebSocketHub, js: JsDriver) -> None:
+    """Not Unicode, so never sent (the hub would drop the frame and the session's
+    counts would disagree); an escaped backslash before 'ud800' is fine."""
+    await spawn(js, "s", hub.url)
+    with pytest.raises(JsCommandError) as raised:
+        await js.request("publish", spoke="s", type="t", id="1", payloadJson='"a\\ud800b"')
+    assert raised.value.error["name"] == "InvalidEnvelopeError"
+    assert "lone surrogate" in raised.value.error["message"]
+    heard_by_hub = Recorder("hub")
+    hub.add_event_listener("t:1", heard_by_hub)
+    for payload in ("\\ud800", "😀 pair"):
+        await js.request("publish", spoke="s", type="t", id="1", payload=payload)
+    await js.request("flush", spoke="s")
+    assert heard_by_hub.payloads == ["\\ud800", "😀 pair"]
+    assert hub.stats.invalid_frames == 0

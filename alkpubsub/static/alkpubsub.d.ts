@@ -46,19 +46,46 @@ export interface WebSocketSpokeOptions {
   backoffMaxMs?: number;
   /** A connection attempt not open by then is abandoned (and retried). Default 10,000. */
   connectTimeoutMs?: number;
-  /** Events kept while offline (B7); past it dispatchEvent throws BackpressureError. Default 10,000. */
+  /**
+   * Events kept while offline (B7), counting those sent in the session and not yet confirmed;
+   * past it dispatchEvent throws BackpressureError. Default 10,000.
+   */
   outboxLimit?: number;
   /** Largest encoded envelope in UTF-8 bytes (E6), as the hub's max_frame_bytes. Default 1 MiB. */
   maxFrameBytes?: number;
-  /** While connected, bytes handed to the socket but not yet written (B13). Default 1 MiB. */
+  /**
+   * While connected (B13): in a session, characters sent and not yet confirmed by the hub;
+   * without one, bytes handed to the socket and not yet written. Default 1 MiB.
+   */
   maxBufferedBytes?: number;
   /** Default timeout of flush() and ready(). Default 10,000. */
   timeoutMs?: number;
+  /** How long close() waits for the hub to confirm what was accepted. Default 5,000. */
+  closeTimeoutMs?: number;
+  /** Ask the hub for a resumable session (docs/protocol.md §5). Default true. */
+  session?: boolean;
+  /**
+   * Heartbeat: announced to the hub (in seconds), and a __ping when an interval passed with
+   * nothing sent or nothing received. null: no heartbeat. Default 1,000.
+   */
+  heartbeatIntervalMs?: number | null;
+  /** The link is declared lost (and the spoke reconnects) after this long without a frame from the hub. Default 3,000. */
+  heartbeatTimeoutMs?: number;
   /** Close codes that mean "never come back": no retry, onError, the spoke closes. Default [4401, 4403]. */
   finalCloseCodes?: readonly number[];
-  /** After every (re)connection, once the hub's __welcome arrived. */
+  /** After every (re)connection, once the hub's __welcome arrived and the spoke sent its subscriptions. */
   onConnect?: (spokeId: string | null) => void;
-  /** A connection that was open ended (the close code and reason from the hub or the network). */
+  /**
+   * Each welcome, before the spoke sends anything else: listeners added or removed here are
+   * what the hub gets (move a `direct:` listener to a new spokeId here).
+   */
+  onSession?: (session: SessionInfo) => void;
+  /** Events this spoke accepted that may not have reached the hub (a session that could not be resumed, a close that could not flush). */
+  onUndelivered?: (envelopes: EventEnvelope[]) => void;
+  /**
+   * A connection that was welcomed ended: the close code and reason from the hub (its
+   * `__close` when the close frame was lost), or 1006 from the network or the heartbeat.
+   */
   onDisconnect?: (code: number, reason: string) => void;
   /** Failed attempts, refusals and hub __error frames; default: console.warn. */
   onError?: (error: AlkPubSubError) => void;
@@ -66,9 +93,29 @@ export interface WebSocketSpokeOptions {
   onListenerError?: (error: unknown, event: SpokeEvent) => void;
 }
 
+/** What onSession receives at each welcome. */
+export interface SessionInfo {
+  /** The spoke id for `direct:`; the same as before when `resumed`. */
+  readonly spokeId: string | null;
+  /** The hub continued the previous session: same id, subscriptions, nothing lost. */
+  readonly resumed: boolean;
+  /** Events published while this spoke was away may be missing. */
+  readonly gap: boolean;
+  /** How many events were passed to onUndelivered. */
+  readonly undelivered: number;
+}
+
 export interface SpokeStats {
+  /** Sockets created, and sockets that opened. */
   attempts: number;
   connections: number;
+  /** Welcomes by the hub; how many resumed the session; events sent again after a resume. */
+  welcomes: number;
+  resumedSessions: number;
+  resentEvents: number;
+  /** Welcomes after which events may be missing; events that may not have reached the hub. */
+  gaps: number;
+  undeliveredEvents: number;
   sentEvents: number;
   receivedEvents: number;
   invalidFrames: number;
@@ -77,20 +124,34 @@ export interface SpokeStats {
 }
 
 export declare const PROTOCOL_VERSION: 1;
+/** An __ack is sent after this many data frames, or this many characters of them, received. */
+export declare const ACK_EVERY_FRAMES: 64;
+export declare const ACK_EVERY_CHARS: 65536;
 export declare const DEFAULTS: Readonly<Required<Pick<WebSocketSpokeOptions,
   | 'backoffInitialMs' | 'backoffMaxMs' | 'connectTimeoutMs' | 'outboxLimit'
-  | 'maxFrameBytes' | 'maxBufferedBytes' | 'timeoutMs' | 'finalCloseCodes'>>>;
+  | 'maxFrameBytes' | 'maxBufferedBytes' | 'timeoutMs' | 'closeTimeoutMs' | 'session'
+  | 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'finalCloseCodes'>>>;
 
 export declare class WebSocketSpoke {
   constructor(url: string, options?: WebSocketSpokeOptions);
   /** The resolved ws:// or wss:// URL. */
   readonly url: string;
-  /** The id from the hub's __welcome (for `direct:<spokeId>`), or null while offline. */
+  /**
+   * The id from the latest __welcome (for `direct:<spokeId>`): kept while offline and across
+   * resumed sessions, new after a session that could not be resumed; null before the first
+   * welcome and after close.
+   */
   readonly spokeId: string | null;
+  /** Welcomed by the hub: frames flow. */
   readonly connected: boolean;
+  /** close() was called, or the hub refused the spoke for good. */
   readonly closed: boolean;
   /** Events waiting for the next connection. */
   readonly outboxSize: number;
+  /** Events sent in the session and not yet confirmed by the hub. */
+  readonly unconfirmedSize: number;
+  /** The spoke holds a session the hub can resume. */
+  readonly hasSession: boolean;
   readonly stats: SpokeStats;
   listenerCount(topic: string): number;
   /** Refcounted: `__subscribe` when a topic gets its first listener (B6). */
@@ -100,11 +161,14 @@ export declare class WebSocketSpoke {
   /** Send an envelope, or an event `{type: topic, detail: envelope}`; returns true. */
   dispatchEvent(event: { type: string; id: string; payload?: unknown } | SpokeEvent): boolean;
   publish(type: string, id: string, payload?: unknown): boolean;
-  /** Resolves once the hub processed everything sent before (a __ping/__pong round trip, B4). */
+  /** Resolves once the hub processed (and, in a session, confirmed) everything sent before (a __ping/__pong round trip, B4). */
   flush(timeoutMs?: number): Promise<void>;
   /** Resolves once the first connection is up and welcomed. */
   ready(timeoutMs?: number): Promise<void>;
-  /** Idempotent; resolves once the socket is closed (B11). */
+  /**
+   * Idempotent: delivers what was accepted (within closeTimeoutMs), closes with 1000 (the hub
+   * ends the session), reports the rest to onUndelivered; resolves once the socket is closed (B11).
+   */
   close(): Promise<void>;
 }
 
@@ -130,6 +194,8 @@ export declare class WaitTimeoutError extends AlkPubSubError {}
 export declare class ConnectionFailedError extends AlkPubSubError {
   /** The HTTP status of a refused upgrade where the WebSocket implementation tells it (`ws`), else null. */
   readonly status: number | null;
+  /** The close code when the hub closed the link before welcoming it (e.g. 4409 session in use), else null. */
+  readonly closeCode: number | null;
 }
 export declare class ConnectionRefusedByHubError extends ConnectionFailedError {
   /** 4401/4403 (or another final close code), or null for an HTTP 401/403 refusal. */
@@ -141,3 +207,5 @@ export declare class HubRefusalError extends AlkPubSubError {
   readonly code: string;
   readonly topic: string | null;
 }
+/** `__error` `invalid_frame` or `invalid_control`: the hub dropped a frame of this spoke. */
+export declare class ProtocolComplaintError extends HubRefusalError {}

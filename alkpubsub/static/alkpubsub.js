@@ -1,12 +1,15 @@
 // alkpubsub.js: the JavaScript spoke of alkpubsub, for browsers and Node >= 20.
 //
 // One dependency-free ES module. It speaks the protocol of alkpubsub's WebSocket hub
-// (SPEC §1-§3): one text message is one JSON envelope {type, id, payload}; the topic
-// is "type:id"; types starting with "__" are control frames. The spoke forwards
-// listener changes as refcounted __subscribe/__unsubscribe (B6), reconnects with
-// capped, jittered exponential backoff, resubscribes and then sends what was
-// dispatched while offline (B7), and answers flush() with a __ping/__pong round
-// trip (B4). See docs/javascript.md.
+// (docs/protocol.md): one text message is one JSON envelope {type, id, payload}; the
+// topic is "type:id"; types starting with "__" are control frames. The spoke greets the
+// hub (__hello) and sends nothing else until its __welcome; it forwards listener
+// changes as refcounted __subscribe/__unsubscribe (B6), answers flush() with a
+// __ping/__pong round trip (B4), and reconnects with capped, jittered exponential
+// backoff (B7). In a session (§5) it counts and acknowledges the data frames it
+// receives, keeps those it sent until the hub acknowledged them, and resumes the
+// session after a reconnect: same spoke id, nothing lost or delivered twice. Its
+// heartbeat (§5) notices a dead or frozen hub within about 4 s. See docs/javascript.md.
 
 export const PROTOCOL_VERSION = 1;
 
@@ -18,15 +21,30 @@ export const DEFAULTS = Object.freeze({
   maxFrameBytes: 1024 * 1024,
   maxBufferedBytes: 1024 * 1024,
   timeoutMs: 10_000,
+  closeTimeoutMs: 5_000,
+  session: true,
+  heartbeatIntervalMs: 1_000,
+  heartbeatTimeoutMs: 3_000,
   // Close codes by which a hub says "never come back": no retry, the spoke closes.
   finalCloseCodes: Object.freeze([4401, 4403]),
 });
 
+/** An __ack is due after this many data frames, or this many characters of them, received. */
+export const ACK_EVERY_FRAMES = 64;
+export const ACK_EVERY_CHARS = 64 * 1024;
+
 const CONTROL_PREFIX = '__';
 // E3: non-empty, no ':', no whitespace, no control characters (as the Python side).
 const TYPE_PATTERN = /^[^\s:\x00-\x1f\x7f-\x9f]+$/u;
+// JSON.stringify writes a lone surrogate as a \udXXX escape (and nothing else so):
+// an escape not itself escaped (preceded by an even number of backslashes).
+const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
 const OPEN = 1;
 const CLOSED = 3;
+// Close codes that say "the close frame never came": the hub's __close tells instead.
+const NO_CLOSE_CODES = Object.freeze([1005, 1006]);
+const RECONNECTING = 4000; // we give up on a link and will resume its session
+const COMPLAINTS = Object.freeze(['invalid_frame', 'invalid_control']);
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 // -- errors (the names of the Python hierarchy) ----------------------------------------
@@ -50,18 +68,21 @@ export class FrameTooLargeError extends AlkPubSubError {
 export class BackpressureError extends AlkPubSubError {}
 export class TargetClosedError extends AlkPubSubError {}
 export class WaitTimeoutError extends AlkPubSubError {}
-/** A connection attempt that never opened (unreachable hub, timeout, HTTP error). */
+/**
+ * A connection attempt that never got the hub's welcome (unreachable hub, timeout, HTTP
+ * error, or a close before the welcome, such as 4409 "session in use").
+ */
 export class ConnectionFailedError extends AlkPubSubError {
-  constructor(message, { status = null, cause } = {}) {
+  constructor(message, { status = null, closeCode = null, cause } = {}) {
     super(message, { cause });
     this.status = status;
+    this.closeCode = closeCode;
   }
 }
 /** The hub refused this spoke: HTTP 401/403 (Node's `ws` reports it) or close code 4401/4403. */
 export class ConnectionRefusedByHubError extends ConnectionFailedError {
   constructor(message, { status = null, closeCode = null } = {}) {
-    super(message, { status });
-    this.closeCode = closeCode;
+    super(message, { status, closeCode });
     this.final = closeCode !== null;
   }
 }
@@ -73,8 +94,10 @@ export class HubRefusalError extends AlkPubSubError {
     this.topic = topic;
   }
 }
+/** The hub dropped a frame of ours as malformed (`__error` `invalid_frame`/`invalid_control`). */
+export class ProtocolComplaintError extends HubRefusalError {}
 
-// -- envelopes and topics (SPEC §1) -----------------------------------------------------
+// -- envelopes and topics (docs/protocol.md §1) -----------------------------------------
 
 export function validateType(type) {
   if (typeof type !== 'string' || !TYPE_PATTERN.test(type)) {
@@ -115,6 +138,10 @@ function encode(envelope, maxFrameBytes) {
   } catch (error) {
     throw new InvalidEnvelopeError(`payload is not JSON-serializable: ${error.message}`, { cause: error });
   }
+  // Not Unicode, so not UTF-8: the hub would drop the frame (as the Python spoke refuses it).
+  if (frame.includes('\\ud') && LONE_SURROGATE.test(frame)) {
+    throw new InvalidEnvelopeError('the envelope contains a lone surrogate: it is not valid Unicode');
+  }
   // A UTF-16 unit is at most 3 UTF-8 bytes: only count bytes when it could matter.
   if (frame.length * 3 > maxFrameBytes) {
     const size = new TextEncoder().encode(frame).length;
@@ -135,6 +162,11 @@ function decode(text) {
   const { type, id, payload = null } = value;
   if (typeof type !== 'string' || !TYPE_PATTERN.test(type) || typeof id !== 'string') return null;
   return Object.freeze({ type, id, payload });
+}
+
+/** A non-negative integer count from the hub, or null. */
+function countOf(value) {
+  return Number.isSafeInteger(value) && value >= 0 ? value : null;
 }
 
 /** Exponential backoff with "equal jitter": between half and all of the capped ceiling. */
@@ -190,6 +222,52 @@ function closeSocket(socket, code = 1000, reason = 'spoke closed') {
   });
 }
 
+/** Data frames written in this session and not yet acknowledged by the hub, in order. */
+class SentLog {
+  #frames = [];
+  #head = 0;
+  /** Data frames the hub confirmed in this session (its `received`). */
+  acked;
+  /** Characters of the unconfirmed frames. */
+  size = 0;
+
+  constructor(acked = 0) {
+    this.acked = acked;
+  }
+
+  get length() { return this.#frames.length - this.#head; }
+
+  record(frame) {
+    this.#frames.push(frame);
+    this.size += frame.length;
+  }
+
+  /** The hub received `received` data frames of this session: forget those. False if impossible. */
+  ack(received) {
+    if (received > this.acked + this.length) return false;
+    while (this.acked < received) {
+      this.size -= this.#frames[this.#head].length;
+      this.#frames[this.#head] = undefined;
+      this.#head += 1;
+      this.acked += 1;
+    }
+    if (this.#head > 1024 && this.#head * 2 > this.#frames.length) {
+      this.#frames = this.#frames.slice(this.#head);
+      this.#head = 0;
+    }
+    return true;
+  }
+
+  /** Forget the unconfirmed frames (the count stays); returns them. */
+  clear() {
+    const frames = this.#frames.slice(this.#head);
+    this.#frames = [];
+    this.#head = 0;
+    this.size = 0;
+    return frames;
+  }
+}
+
 // -- the spoke ---------------------------------------------------------------------------
 
 /**
@@ -201,23 +279,46 @@ export class WebSocketSpoke {
   #protocols;
   #options;
   #listeners = new Map(); // topic -> Set of listeners, in registration order
-  #outbox = []; // encoded events dispatched while offline (B7)
+  #hubTopics = new Set(); // topics the hub holds for us (our session's subscriptions)
+  #outbox = []; // encoded events not yet handed to a socket (B7)
   #socket = null;
-  #connected = false; // our socket is open and the offline outbox went out
+  #welcomed = false; // the hub welcomed our socket: frames flow
+  #closeRequested = false; // close() was called: it is flushing
   #closed = false;
-  #closing = null;
+  #closing = null; // close()'s promise
+  #socketClosed = Promise.resolve();
   #spokeId = null;
   #failures = 0;
   #openedAt = 0;
   #retryTimer = null;
-  #connectTimer = null;
+  #linkTimer = null; // the socket must open, then be welcomed, within connectTimeoutMs
   #pingCounter = 0;
   #pendingPings = new Map(); // nonce -> (answered: boolean) => void
   #openWaiters = new Set();
+  #announced = null; // the hub's __close {code, reason} on this socket
+  // The session (docs/protocol.md §5): its resume token, what we sent and the hub did
+  // not confirm, what we received and what of it we acknowledged.
+  #token = null;
+  #sent = new SentLog();
+  #received = 0;
+  #receivedChars = 0;
+  #ackedCount = 0;
+  #ackedChars = 0;
+  #welcomedBefore = false;
+  // The heartbeat: frames each way, as seen at the last tick.
+  #framesReceived = 0;
+  #framesSent = 0;
+  #heartbeatTimer = null;
+  #heartbeatDue = 0;
+  #heartbeatChained = false; // the pending tick was armed by a tick (see #armHeartbeat)
+  #lastReceived = -1;
+  #lastSent = -1;
+  #silentTicks = 0;
   #ready;
   #settleReady;
-  #stats = { attempts: 0, connections: 0, sentEvents: 0, receivedEvents: 0,
-             invalidFrames: 0, unknownControl: 0, hubErrors: 0 };
+  #stats = { attempts: 0, connections: 0, welcomes: 0, resumedSessions: 0, resentEvents: 0,
+             gaps: 0, undeliveredEvents: 0, sentEvents: 0, receivedEvents: 0, invalidFrames: 0,
+             unknownControl: 0, hubErrors: 0 };
 
   constructor(url, options = {}) {
     this.url = websocketUrl(url);
@@ -227,11 +328,14 @@ export class WebSocketSpoke {
     }
     this.#protocols = options.protocols;
     this.#options = { ...DEFAULTS, ...options };
-    const { backoffInitialMs, backoffMaxMs, outboxLimit } = this.#options;
+    const { backoffInitialMs, backoffMaxMs, outboxLimit, heartbeatIntervalMs, heartbeatTimeoutMs } = this.#options;
     if (!(backoffInitialMs > 0 && backoffMaxMs >= backoffInitialMs)) {
       throw new RangeError('need 0 < backoffInitialMs <= backoffMaxMs');
     }
     if (!(outboxLimit > 0)) throw new RangeError('outboxLimit must be positive');
+    if (heartbeatIntervalMs != null && !(heartbeatIntervalMs > 0 && heartbeatTimeoutMs >= heartbeatIntervalMs)) {
+      throw new RangeError('need 0 < heartbeatIntervalMs <= heartbeatTimeoutMs (or heartbeatIntervalMs: null)');
+    }
     this.#ready = new Promise((resolve, reject) => {
       this.#settleReady = (error) => {
         this.#settleReady = null;
@@ -242,19 +346,28 @@ export class WebSocketSpoke {
     this.#connect();
   }
 
-  /** The id the hub gave this connection (for `direct:<spokeId>`), or null while offline. */
+  /**
+   * The id the hub gave this spoke (for `direct:<spokeId>`): set by every welcome, kept
+   * while offline and across resumed sessions; null before the first welcome and after close.
+   */
   get spokeId() { return this.#spokeId; }
-  get connected() { return this.#connected; }
-  get closed() { return this.#closed; }
+  /** Welcomed by the hub: frames flow. */
+  get connected() { return this.#welcomed; }
+  /** close() was called (or the hub refused the spoke for good). */
+  get closed() { return this.#closed || this.#closeRequested; }
   /** Events waiting for the next connection. */
   get outboxSize() { return this.#outbox.length; }
+  /** Data frames sent in this session and not yet acknowledged by the hub. */
+  get unconfirmedSize() { return this.#sent.length; }
+  /** True while the spoke holds a session the hub can resume. */
+  get hasSession() { return this.#token !== null; }
   get stats() { return { ...this.#stats }; }
   listenerCount(topic) { return this.#listeners.get(topic)?.size ?? 0; }
 
   // -- TypedEventTarget ------------------------------------------------------------------
 
   addEventListener(topic, listener) {
-    if (this.#closed || listener == null) return;
+    if (this.closed || listener == null) return;
     validateTopic(topic);
     if (typeof listener !== 'function' && typeof listener.handleEvent !== 'function') {
       throw new TypeError('a listener is a function or an object with handleEvent()');
@@ -263,25 +376,25 @@ export class WebSocketSpoke {
     if (listeners === undefined) this.#listeners.set(topic, (listeners = new Set()));
     if (listeners.has(listener)) return;
     listeners.add(listener);
-    if (listeners.size === 1) this.#sendControl('__subscribe', { topic });
+    if (listeners.size === 1 && this.#sendControl('__subscribe', { topic })) this.#hubTopics.add(topic);
   }
 
   removeEventListener(topic, listener) {
-    if (this.#closed || listener == null) return;
+    if (this.closed || listener == null) return;
     const listeners = this.#listeners.get(topic);
     if (listeners === undefined || !listeners.delete(listener)) return;
     if (listeners.size === 0) {
       this.#listeners.delete(topic);
-      this.#sendControl('__unsubscribe', { topic });
+      if (this.#sendControl('__unsubscribe', { topic })) this.#hubTopics.delete(topic);
     }
   }
 
   /**
    * Send an envelope `{type, id, payload}` (or an event `{type: topic, detail: envelope}`).
-   * Never blocks; throws BackpressureError when the outbox or the socket buffer is full.
+   * Never blocks; throws BackpressureError when too much is waiting (B7, B13).
    */
   dispatchEvent(event) {
-    if (this.#closed) throw new TargetClosedError('spoke is closed');
+    if (this.closed) throw new TargetClosedError('spoke is closed');
     const isObject = (value) => value !== null && typeof value === 'object';
     let envelope = event;
     if (isObject(event) && isObject(event.detail)) {
@@ -295,14 +408,16 @@ export class WebSocketSpoke {
     const frame = encode(makeEnvelope(envelope.type, envelope.id, envelope.payload), maxFrameBytes);
     const socket = this.#liveSocket();
     if (socket !== null) {
-      const buffered = socket.bufferedAmount;
-      if (buffered > 0 && buffered + frame.length > maxBufferedBytes) {
-        const limit = `maxBufferedBytes=${maxBufferedBytes}`;
-        throw new BackpressureError(`${buffered} bytes not yet written (${limit}); await spoke.flush()`);
+      // B13: in a session, sent and not yet confirmed; otherwise not yet written.
+      const session = this.#token !== null;
+      const pending = session ? this.#sent.size : socket.bufferedAmount;
+      if (pending > 0 && pending + frame.length > maxBufferedBytes) {
+        const what = session ? 'not yet confirmed by the hub' : 'not yet written';
+        throw new BackpressureError(`${pending} bytes ${what} (maxBufferedBytes=${maxBufferedBytes}); await spoke.flush()`);
       }
-      socket.send(frame);
+      this.#sendData(socket, frame);
     } else {
-      if (this.#outbox.length >= outboxLimit) {
+      if (this.#outbox.length + this.#sent.length >= outboxLimit) {
         throw new BackpressureError(`offline outbox is full (${outboxLimit} events); await spoke.flush()`);
       }
       this.#outbox.push(frame);
@@ -315,7 +430,10 @@ export class WebSocketSpoke {
     return this.dispatchEvent({ type, id, payload });
   }
 
-  /** Resolves once the hub processed everything sent before the call (B4), across reconnects. */
+  /**
+   * Resolves once the hub processed everything sent before the call (B4), across
+   * reconnects; in a session the hub's answer also confirms every event sent before.
+   */
   flush(timeoutMs = this.#options.timeoutMs) {
     if (this.#closed) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -331,11 +449,9 @@ export class WebSocketSpoke {
       };
       const attempt = () => {
         if (this.#closed) return done();
-        if (!this.#connected) return this.#openWaiters.add(attempt);
-        nonce = String(++this.#pingCounter);
+        if (!this.#welcomed) return this.#openWaiters.add(attempt);
         // Unanswered when the connection drops: ping again on the next one.
-        this.#pendingPings.set(nonce, (answered) => (answered ? done() : attempt()));
-        this.#sendControl('__ping', {}, nonce);
+        nonce = this.#ping((answered) => (answered ? done() : attempt()));
       };
       const timer = setTimeout(() => {
         finish();
@@ -350,10 +466,28 @@ export class WebSocketSpoke {
     return withTimeout(this.#ready, timeoutMs, 'ready');
   }
 
-  /** Idempotent; afterwards dispatchEvent throws and add/remove are no-ops (B11). */
+  /**
+   * Idempotent. First delivers what was accepted (sent and, in a session, confirmed by
+   * the hub) within closeTimeoutMs, then closes the socket with 1000, which ends the
+   * session on the hub; what could not be delivered goes to onUndelivered. Afterwards
+   * dispatchEvent throws and add/remove are no-ops (B11).
+   */
   close() {
-    if (this.#closing === null) this.#shutdown(null);
+    if (this.#closing === null) this.#closing = this.#closeGracefully();
     return this.#closing;
+  }
+
+  async #closeGracefully() {
+    this.#closeRequested = true;
+    if (!this.#closed && (this.#outbox.length > 0 || this.#sent.length > 0)) {
+      try {
+        await this.flush(this.#options.closeTimeoutMs);
+      } catch {
+        // Not delivered in time: reported below.
+      }
+    }
+    this.#shutdown(null, 'the spoke closed before the hub confirmed them');
+    await this.#socketClosed;
   }
 
   // -- connection life cycle ---------------------------------------------------------------
@@ -370,6 +504,7 @@ export class WebSocketSpoke {
     }
     socket.binaryType = 'arraybuffer';
     this.#socket = socket;
+    this.#announced = null;
     let failure = '';
     // Handlers stay attached for the socket's life (`ws` throws on an 'error' nobody
     // hears); each one ignores a socket that is no longer ours.
@@ -380,35 +515,113 @@ export class WebSocketSpoke {
     };
     socket.onclose = (event) => this.#lost(socket, event.code, event.reason, failure);
     const { connectTimeoutMs } = this.#options;
-    this.#connectTimer = setTimeout(() => {
-      this.#lost(socket, 1006, '', `no connection within ${connectTimeoutMs} ms`);
-      closeSocket(socket);
-    }, connectTimeoutMs);
+    this.#linkTimer = setTimeout(() => this.#abandon(socket, `no connection within ${connectTimeoutMs} ms`), connectTimeoutMs);
   }
 
   #opened(socket) {
-    clearTimeout(this.#connectTimer);
-    this.#connected = true;
+    clearTimeout(this.#linkTimer);
     this.#openedAt = Date.now();
     this.#stats.connections += 1;
-    // B7: hello, every live topic, then what was dispatched while offline.
-    this.#sendControl('__hello', { protocol: PROTOCOL_VERSION });
-    for (const topic of this.#listeners.keys()) this.#sendControl('__subscribe', { topic });
-    for (const frame of this.#outbox) socket.send(frame);
-    this.#outbox = [];
+    // §5: the hello, then nothing until the hub's welcome.
+    const { session, heartbeatIntervalMs, connectTimeoutMs } = this.#options;
+    const hello = { protocol: PROTOCOL_VERSION };
+    if (session) {
+      hello.session = true;
+      if (this.#token !== null) {
+        hello.resume = this.#token;
+        hello.received = this.#received;
+      }
+    }
+    if (heartbeatIntervalMs != null) hello.heartbeat = heartbeatIntervalMs / 1000;
+    this.#send(socket, JSON.stringify({ type: '__hello', id: '', payload: hello }));
+    const abandon = () => this.#abandon(socket, `the hub did not welcome this spoke within ${connectTimeoutMs} ms`);
+    this.#linkTimer = setTimeout(abandon, connectTimeoutMs);
+  }
+
+  #welcome(payload) {
+    const socket = this.#socket;
+    // Only a link's first frame welcomes. (`ws` may hand over frames that arrived just
+    // before the connection ended, from a socket already CLOSING: #open copes.)
+    if (this.#welcomed || socket === null) return;
+    clearTimeout(this.#linkTimer);
+    const token = typeof payload.token === 'string' && payload.token ? payload.token : null;
+    const confirmed = countOf(payload.received) ?? 0;
+    const resumed = token !== null && payload.resumed === true && this.#token !== null && this.#sent.ack(confirmed);
+    let resend = [];
+    let undelivered = [];
+    let gap;
+    if (resumed) {
+      resend = this.#sent.clear(); // not confirmed: sent again, and counted again
+      gap = payload.gap === true;
+      this.#stats.resumedSessions += 1;
+      this.#stats.resentEvents += resend.length;
+    } else {
+      gap = this.#welcomedBefore;
+      undelivered = this.#sent.clear();
+      this.#sent = new SentLog();
+      this.#received = this.#receivedChars = this.#ackedCount = this.#ackedChars = 0;
+      this.#hubTopics.clear();
+    }
+    this.#welcomedBefore = true;
+    this.#token = this.#options.session ? token : null;
+    this.#spokeId = typeof payload.spoke_id === 'string' && payload.spoke_id ? payload.spoke_id : null;
+    this.#stats.welcomes += 1;
+    this.#stats.gaps += gap ? 1 : 0;
+    this.#stats.undeliveredEvents += undelivered.length;
+    // Before anything goes out: listeners moved here (say, to the new `direct:` inbox)
+    // are what the hub gets, and events dispatched here follow the outbox.
+    if (undelivered.length > 0) this.#undelivered(undelivered);
+    const spokeId = this.#spokeId;
+    this.#callback('onSession', Object.freeze({ spokeId, resumed, gap, undelivered: undelivered.length }));
+    if (this.#closed || socket !== this.#socket) return;
+    this.#open(socket, resend);
+    this.#settleReady?.(null);
+    this.#callback('onConnect', spokeId);
     const waiters = [...this.#openWaiters];
     this.#openWaiters.clear();
     for (const waiter of waiters) waiter();
   }
 
+  /** Welcomed: subscriptions first, then what the hub did not confirm, then the outbox (B7). */
+  #open(socket, resend) {
+    this.#welcomed = true;
+    if (socket.readyState !== OPEN) {
+      // Already closing: everything waits for the next link, in order.
+      this.#outbox = [...resend, ...this.#outbox];
+      return;
+    }
+    const topics = [...this.#listeners.keys()];
+    for (const topic of this.#hubTopics) {
+      if (!this.#listeners.has(topic)) this.#sendControl('__unsubscribe', { topic });
+    }
+    for (const topic of topics) this.#sendControl('__subscribe', { topic });
+    this.#hubTopics = new Set(topics);
+    for (const frame of resend) this.#sendData(socket, frame);
+    const outbox = this.#outbox;
+    this.#outbox = [];
+    for (const frame of outbox) this.#sendData(socket, frame);
+    this.#startHeartbeat();
+  }
+
+  /** We give up on a socket (timeouts, heartbeat): closed with 4000, so the hub keeps the session. */
+  #abandon(socket, why) {
+    this.#lost(socket, 1006, why, why);
+    closeSocket(socket, RECONNECTING, 'reconnecting');
+  }
+
   #lost(socket, code, reason, failure) {
     if (socket !== this.#socket) return;
     this.#socket = null;
-    clearTimeout(this.#connectTimer);
-    const wasConnected = this.#connected;
-    this.#connected = false;
-    this.#spokeId = null;
-    if (wasConnected) this.#callback('onDisconnect', code, reason);
+    clearTimeout(this.#linkTimer);
+    this.#stopHeartbeat();
+    const wasWelcomed = this.#welcomed;
+    this.#welcomed = false;
+    // A close frame lost behind the hub's __close: report what the hub announced.
+    const announced = this.#announced;
+    if (announced !== null && (code == null || NO_CLOSE_CODES.includes(code))) {
+      ({ code, reason } = announced);
+    }
+    if (wasWelcomed) this.#callback('onDisconnect', code, reason);
     if (this.#closed) return; // onDisconnect closed the spoke
     if (this.#options.finalCloseCodes.includes(code)) {
       const refusal = new ConnectionRefusedByHubError(
@@ -416,27 +629,29 @@ export class WebSocketSpoke {
         { closeCode: code },
       );
       this.#report(refusal);
-      return this.#shutdown(refusal);
+      return this.#shutdown(refusal, 'the hub refused this spoke for good');
     }
-    if (!wasConnected) {
+    if (!wasWelcomed) {
       // Node's `ws` names the HTTP status of a refused upgrade; browsers hide it.
       const status = Number(/Unexpected server response: (\d{3})/.exec(failure)?.[1] ?? 0) || null;
-      const message = `cannot connect to ${this.url}${failure ? `: ${failure}` : ''}`;
+      const closeCode = code == null || NO_CLOSE_CODES.includes(code) ? null : code;
+      const closed = closeCode === null ? '' : ` (closed with ${closeCode}${reason ? `: ${reason}` : ''})`;
+      const message = `cannot connect to ${this.url}${failure ? `: ${failure}` : ''}${closed}`;
       const Failure = status === 401 || status === 403 ? ConnectionRefusedByHubError : ConnectionFailedError;
-      this.#report(new Failure(message, { status }));
+      this.#report(new Failure(message, { status, closeCode: Failure === ConnectionFailedError ? closeCode : null }));
     }
     const pings = [...this.#pendingPings.values()];
     this.#pendingPings.clear();
     for (const ping of pings) ping(false);
-    this.#scheduleReconnect(wasConnected);
+    this.#scheduleReconnect(wasWelcomed);
   }
 
-  #scheduleReconnect(wasConnected) {
+  #scheduleReconnect(wasWelcomed) {
     if (this.#closed) return;
     const { backoffInitialMs, backoffMaxMs } = this.#options;
     // Only a connection that lived longer than the cap resets the backoff: one that
     // dies at once counts as a failure, so nothing ever retries in a tight loop.
-    if (wasConnected && Date.now() - this.#openedAt > backoffMaxMs) this.#failures = 0;
+    if (wasWelcomed && Date.now() - this.#openedAt > backoffMaxMs) this.#failures = 0;
     const delay = backoffDelay(this.#failures, backoffInitialMs, backoffMaxMs);
     this.#failures += 1;
     this.#retryTimer = setTimeout(() => {
@@ -445,37 +660,121 @@ export class WebSocketSpoke {
     }, delay);
   }
 
-  #shutdown(error) {
+  #shutdown(error, why) {
+    if (this.#closed) return;
     this.#closed = true;
-    this.#connected = false;
+    this.#welcomed = false;
     this.#spokeId = null;
+    this.#token = null;
     clearTimeout(this.#retryTimer);
-    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#linkTimer);
+    this.#stopHeartbeat();
     this.#listeners.clear();
+    const undelivered = [...this.#sent.clear(), ...this.#outbox];
     this.#outbox = [];
+    this.#stats.undeliveredEvents += undelivered.length;
     const socket = this.#socket;
     this.#socket = null;
-    this.#closing = socket === null ? Promise.resolve() : closeSocket(socket);
+    // 1000 ends the session on the hub: this spoke is gone for good.
+    if (socket !== null) this.#socketClosed = closeSocket(socket);
+    if (this.#closing === null) this.#closing = this.#socketClosed;
     this.#settleReady?.(error ?? new TargetClosedError('spoke closed before the hub welcomed it'));
     const waiters = [...this.#pendingPings.values(), ...this.#openWaiters];
     this.#pendingPings.clear();
     this.#openWaiters.clear();
     for (const waiter of waiters) waiter(false);
+    if (undelivered.length > 0) this.#undelivered(undelivered, why);
+  }
+
+  // -- heartbeat (docs/protocol.md §5) -------------------------------------------------------
+
+  #startHeartbeat() {
+    if (this.#options.heartbeatIntervalMs == null) return;
+    this.#lastReceived = this.#lastSent = -1;
+    this.#silentTicks = 0;
+    this.#armHeartbeat(false);
+  }
+
+  #stopHeartbeat() {
+    clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatTimer = null;
+  }
+
+  // Browsers throttle long chains of timers in hidden pages (each armed by the previous
+  // one) far more than timers armed by network events; a tick armed by a tick is
+  // re-armed, for the same moment, by the next frame that arrives.
+  #armHeartbeat(chained, due = Date.now() + this.#options.heartbeatIntervalMs) {
+    clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatDue = due;
+    this.#heartbeatChained = chained;
+    this.#heartbeatTimer = setTimeout(() => this.#tick(), Math.max(0, due - Date.now()));
+  }
+
+  /** One heartbeat interval passed: ping when it was silent either way; lost after the timeout. */
+  #tick() {
+    const socket = this.#socket;
+    if (!this.#welcomed || socket === null) return;
+    const { heartbeatIntervalMs, heartbeatTimeoutMs } = this.#options;
+    const receivedNothing = this.#framesReceived === this.#lastReceived;
+    const sentNothing = this.#framesSent === this.#lastSent;
+    this.#lastReceived = this.#framesReceived;
+    this.#lastSent = this.#framesSent;
+    this.#silentTicks = receivedNothing ? this.#silentTicks + 1 : 0;
+    if (this.#silentTicks >= Math.ceil(heartbeatTimeoutMs / heartbeatIntervalMs)) {
+      return this.#abandon(socket, `nothing heard from the hub for ${heartbeatTimeoutMs} ms`);
+    }
+    if (receivedNothing || sentNothing) this.#ping(() => {});
+    this.#armHeartbeat(true);
   }
 
   // -- frames --------------------------------------------------------------------------------
 
   #liveSocket() {
     const socket = this.#socket;
-    return this.#connected && socket !== null && socket.readyState === OPEN ? socket : null;
+    return this.#welcomed && socket !== null && socket.readyState === OPEN ? socket : null;
   }
 
+  #send(socket, frame) {
+    socket.send(frame);
+    this.#framesSent += 1;
+  }
+
+  #sendData(socket, frame) {
+    this.#send(socket, frame);
+    if (this.#token !== null) this.#sent.record(frame);
+  }
+
+  /** False while offline: nothing to do, subscriptions are brought up to date on welcome. */
   #sendControl(type, payload, id = '') {
-    // Offline, nothing to do: hello and subscriptions are regenerated on connect.
-    this.#liveSocket()?.send(JSON.stringify({ type, id, payload }));
+    const socket = this.#liveSocket();
+    if (socket === null) return false;
+    this.#send(socket, JSON.stringify({ type, id, payload }));
+    return true;
+  }
+
+  /** Sends a __ping (with our count, in a session); returns its nonce. */
+  #ping(answered) {
+    const nonce = String(++this.#pingCounter);
+    this.#pendingPings.set(nonce, answered);
+    this.#sendCounted('__ping', nonce);
+    return nonce;
+  }
+
+  /** A control frame that carries, in a session, our count: an acknowledgement. */
+  #sendCounted(type, id = '') {
+    if (this.#liveSocket() === null) return;
+    if (this.#token === null) {
+      this.#sendControl(type, {}, id);
+      return;
+    }
+    this.#ackedCount = this.#received;
+    this.#ackedChars = this.#receivedChars;
+    this.#sendControl(type, { received: this.#received }, id);
   }
 
   #receive(data) {
+    this.#framesReceived += 1;
+    if (this.#heartbeatChained && this.#heartbeatTimer !== null) this.#armHeartbeat(false, this.#heartbeatDue);
     let text = data;
     if (typeof data !== 'string') {
       try {
@@ -491,6 +790,14 @@ export class WebSocketSpoke {
       return;
     }
     if (envelope.type.startsWith(CONTROL_PREFIX)) return this.#receiveControl(envelope);
+    if (this.#token !== null) {
+      // §5: count it, and acknowledge every ACK_EVERY_FRAMES frames or ACK_EVERY_CHARS.
+      this.#received += 1;
+      this.#receivedChars += text.length;
+      if (this.#received - this.#ackedCount >= ACK_EVERY_FRAMES || this.#receivedChars - this.#ackedChars >= ACK_EVERY_CHARS) {
+        this.#sendCounted('__ack');
+      }
+    }
     this.#stats.receivedEvents += 1;
     const topic = topicOf(envelope);
     const listeners = this.#listeners.get(topic);
@@ -505,7 +812,11 @@ export class WebSocketSpoke {
   #receiveControl(envelope) {
     const payload = envelope.payload !== null && typeof envelope.payload === 'object' ? envelope.payload : {};
     switch (envelope.type) {
+      case '__ack':
+        this.#acked(payload);
+        break;
       case '__pong': {
+        this.#acked(payload);
         const pending = this.#pendingPings.get(envelope.id);
         if (pending !== undefined) {
           this.#pendingPings.delete(envelope.id);
@@ -514,21 +825,39 @@ export class WebSocketSpoke {
         break;
       }
       case '__ping':
-        this.#sendControl('__pong', {}, envelope.id);
+        this.#acked(payload);
+        this.#sendCounted('__pong', envelope.id);
         break;
       case '__welcome':
-        this.#spokeId = typeof payload.spoke_id === 'string' && payload.spoke_id ? payload.spoke_id : null;
-        this.#settleReady?.(null);
-        this.#callback('onConnect', this.#spokeId);
+        this.#welcome(payload);
         break;
-      case '__error':
+      case '__error': {
         this.#stats.hubErrors += 1;
+        const code = String(payload.code ?? 'unknown');
         const topic = typeof payload.topic === 'string' ? payload.topic : null;
-        this.#report(new HubRefusalError(String(payload.code ?? 'unknown'), String(payload.message ?? ''), topic));
+        const Refusal = COMPLAINTS.includes(code) ? ProtocolComplaintError : HubRefusalError;
+        this.#report(new Refusal(code, String(payload.message ?? ''), topic));
         break;
+      }
+      case '__close': {
+        const { code, reason } = payload;
+        if (Number.isInteger(code) && code >= 0 && code <= 4999) {
+          this.#announced = { code, reason: typeof reason === 'string' ? reason : '' };
+        } else {
+          this.#stats.invalidFrames += 1;
+        }
+        break;
+      }
       default:
         this.#stats.unknownControl += 1; // C2: forward compatibility
     }
+  }
+
+  /** The hub confirmed data frames (an __ack, or the count on a __ping/__pong). */
+  #acked(payload) {
+    if (this.#token === null) return;
+    const received = countOf(payload.received);
+    if (received !== null && !this.#sent.ack(received)) this.#stats.invalidFrames += 1; // more than we sent
   }
 
   // -- user code is isolated (B9) ---------------------------------------------------------------
@@ -551,6 +880,15 @@ export class WebSocketSpoke {
       }
     }
     console.error(`alkpubsub: a listener of ${event.type} failed`, error);
+  }
+
+  /** Events accepted by dispatchEvent that may not have reached the hub: never dropped silently. */
+  #undelivered(frames, why = 'the hub could not resume the session') {
+    const envelopes = frames.map((frame) => decode(frame));
+    if (typeof this.#options.onUndelivered !== 'function') {
+      return console.warn(`alkpubsub: ${frames.length} events may not have reached the hub: ${why}`);
+    }
+    this.#callback('onUndelivered', envelopes);
   }
 
   #report(error) {

@@ -11,9 +11,23 @@ function showStatus(text, online) {
   status.className = `badge ${online ? 'online' : 'offline'}`;
 }
 
+function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = false;
+}
+
 const spoke = createWebSocketSpoke('/ws', {
   onConnect: (spokeId) => showStatus(`online as ${spokeId}`, true),
   onDisconnect: (code) => showStatus(`offline (${code}), reconnecting…`, false),
+  // A resumed session misses nothing; after a hub restart updates may be missing.
+  onSession: ({ gap }) => gap && showNotice('Reconnected to a new hub session: updates may have been missed.'),
+  // Requests the old session never confirmed: say so rather than wait for ever.
+  onUndelivered: (envelopes) => {
+    for (const { type, payload } of envelopes) {
+      const row = type === 'job.request' ? jobs.get(payload?.job_id) : undefined;
+      if (row !== undefined) row.querySelector('.state').textContent = 'maybe not sent: start it again';
+    }
+  },
   onError: (error) => console.warn(error.message),
 });
 window.spoke = spoke; // for the console (and the example's test)
@@ -39,8 +53,7 @@ function follow(jobId, label) {
 
 spoke.addEventListener('job.created:dashboard', ({ detail }) => follow(detail.payload.job_id, detail.payload.label));
 spoke.addEventListener('notice:dashboard', ({ detail }) => {
-  notice.textContent = typeof detail.payload === 'string' ? detail.payload : JSON.stringify(detail.payload);
-  notice.hidden = false;
+  showNotice(typeof detail.payload === 'string' ? detail.payload : JSON.stringify(detail.payload));
 });
 
 document.querySelector('#new-job').addEventListener('submit', async (event) => {

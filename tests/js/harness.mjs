@@ -36,18 +36,43 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
   }
 
   const ops = {
-    create({ spoke, url, options = {}, headers = null }) {
+    create({ spoke, url, options = {}, headers = null, helloPatch = null, followDirect = false }) {
       // HTTP headers on the upgrade: only the `ws` package can (a subclass, as in the docs).
-      const Socket = headers === null ? WebSocket : class extends WebSocket {
+      let Socket = headers === null ? WebSocket : class extends WebSocket {
         constructor(url, protocols) {
           super(url, protocols, { headers });
         }
       };
+      // Fields added to every __hello this spoke sends (a stolen resume token, say).
+      if (helloPatch !== null) {
+        Socket = class extends Socket {
+          send(data) {
+            if (typeof data === 'string' && data.startsWith('{"type":"__hello"')) {
+              const hello = JSON.parse(data);
+              data = JSON.stringify({ ...hello, payload: { ...hello.payload, ...helloPatch } });
+            }
+            super.send(data);
+          }
+        };
+      }
+      // The docs' way to keep a `direct:` inbox across sessions: move its listener to
+      // the new spoke id in onSession, before the spoke subscribes.
+      let inbox = null;
+      const onDirect = listenerNamed(spoke, 'inbox');
       const created = alkpubsub.createWebSocketSpoke(url, {
         WebSocket: Socket,
         ...options,
-        onConnect: (spokeId) => report({ event: 'connect', spoke, spokeId }),
-        onDisconnect: (code, reason) => report({ event: 'disconnect', spoke, code, reason }),
+        onConnect: (spokeId) => report({ event: 'connect', spoke, spokeId, at: Date.now() }),
+        onDisconnect: (code, reason) => report({ event: 'disconnect', spoke, code, reason, at: Date.now() }),
+        onSession: (session) => {
+          report({ event: 'session', spoke, ...session, at: Date.now() });
+          if (followDirect && inbox !== `direct:${session.spokeId}`) {
+            if (inbox !== null) created.removeEventListener(inbox, onDirect);
+            inbox = `direct:${session.spokeId}`;
+            created.addEventListener(inbox, onDirect);
+          }
+        },
+        onUndelivered: (envelopes) => report({ event: 'undelivered', spoke, envelopes }),
         onError: (error) => report({ event: 'error', spoke, error: describe(error), at: Date.now() }),
         onListenerError: (error, event) => report({ event: 'listener-error', spoke, topic: event.type, error: describe(error) }),
       });
@@ -61,23 +86,29 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
     unlisten({ spoke, topic, listener = 'main' }) {
       spokeNamed(spoke).removeEventListener(topic, listener === null ? null : listenerNamed(spoke, listener));
     },
-    publish: ({ spoke, type, id, payload }) => spokeNamed(spoke).publish(type, id, payload),
+    // payloadJson: a payload JSON can carry but a driver may not pass intact (lone surrogates).
+    publish: ({ spoke, type, id, payload, payloadJson = null }) =>
+      spokeNamed(spoke).publish(type, id, payloadJson === null ? payload : JSON.parse(payloadJson)),
     dispatch: ({ spoke, event }) => spokeNamed(spoke).dispatchEvent(event),
     // Many events in one command (order, outbox): stops at the first error and says where.
-    publishMany({ spoke, type, id, count, payloadBytes = 0 }) {
+    publishMany({ spoke, type, id, count, payloadBytes = 0, start = 0 }) {
       const target = spokeNamed(spoke);
       const padding = 'x'.repeat(payloadBytes);
-      for (let index = 0; index < count; index += 1) {
+      for (let index = start; index < start + count; index += 1) {
         try {
           target.publish(type, id, payloadBytes ? { index, padding } : index);
         } catch (error) {
-          return { published: index, error: describe(error) };
+          return { published: index - start, error: describe(error) };
         }
       }
       return { published: count, error: null };
     },
     flush: ({ spoke, timeoutMs }) => spokeNamed(spoke).flush(timeoutMs),
-    close: ({ spoke }) => spokeNamed(spoke).close(),
+    // Resolves once closed; closing (not awaited) runs concurrently with later commands.
+    close: ({ spoke, wait = true }) => {
+      const closing = spokeNamed(spoke).close();
+      return wait ? closing : null;
+    },
     state({ spoke, topic = null }) {
       const target = spokeNamed(spoke);
       return {
@@ -85,6 +116,8 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
         closed: target.closed,
         spokeId: target.spokeId,
         outboxSize: target.outboxSize,
+        unconfirmedSize: target.unconfirmedSize,
+        hasSession: target.hasSession,
         stats: target.stats,
         listenerCount: topic === null ? null : target.listenerCount(topic),
       };
