@@ -9,6 +9,7 @@ from alkpubsub.testing import (
     CoreConformance,
     HubConformance,
     ReconnectConformance,
+    SubscriptionConformance,
 )
 
 
@@ -26,3 +27,7 @@ class TestReconnectConformance(ReconnectConformance):
     @pytest.fixture
     def bus_harness(self, hub_bus_harness: BusHarness) -> BusHarness:
         return hub_bus_harness
+
+
+class TestSubscriptionConformance(SubscriptionConformance):
+    """Subscriptions and operators on memory, ws, iroh and the mixed bus."""

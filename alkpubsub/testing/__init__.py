@@ -31,6 +31,7 @@ from .harness import (
 )
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance, HubConformance, ReconnectConformance
+from .suite_subscriptions import ListenerCounting, SubscriptionConformance
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -47,4 +48,6 @@ __all__ = [
     "Recorder",
     "publish_all",
     "within",
+    "ListenerCounting",
+    "SubscriptionConformance",
 ]
