@@ -30,6 +30,7 @@ from .helpers import Recorder, within
 
 __all__ = ["ListenerCounting", "SubscriptionConformance"]
 
+
 @runtime_checkable
 class ListenerCounting(Protocol):
     """Every alkpubsub target counts its local listeners per topic, so that
@@ -254,7 +255,8 @@ class SubscriptionConformance:
         await within(chained.aclose())
         await _assert_released(targets, "sub.chain:1")
         await _assert_released(targets, "sub.chain:2")
-        assert first.closed and second.closed
+        assert first.closed
+        assert second.closed
 
     # -- 5, 6. dedupe and keys -------------------------------------------------
 
@@ -322,7 +324,9 @@ class SubscriptionConformance:
         small, factor = 1500, 4
 
         async def release_seconds(count: int, round_: int) -> float:
-            subscriptions = [pubsub.subscribe("sub.linear", f"{count}-{round_}") for _ in range(count)]
+            subscriptions = [
+                pubsub.subscribe("sub.linear", f"{count}-{round_}") for _ in range(count)
+            ]
             await within(targets[-1].flush())
             started = time.perf_counter()
             for subscription in subscriptions:
