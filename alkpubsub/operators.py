@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 import json
 from collections import deque
@@ -34,7 +35,7 @@ from collections.abc import (
     Iterator,
 )
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast, overload
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from pydantic_core import to_jsonable_python
 
@@ -94,9 +95,12 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-class Operator(AsyncIterator[T]):
-    """An async iterator over sources, closable from any task.
+class _Core(Generic[T]):
+    """An operator's state and logic; ``Operator`` is the handle users hold.
 
+    The split lets an ``Operator`` dropped without ``aclose()`` (``break`` out
+    of ``async for``) be finalized even while a read of its own is still
+    running in a task: that task references the core, never the handle.
     Subclasses implement ``_step()`` (the next item, or ``StopAsyncIteration``)
     and open their sources with ``_open()``; ``_cleanup()`` closes them.
     """
@@ -129,24 +133,33 @@ class Operator(AsyncIterator[T]):
         sources = [source for source in self._sources if isinstance(source, AsyncIterator)]
         await _aclose_all([*self._iterators, *sources])
 
+    def _background(self) -> list[asyncio.Future[Any]]:
+        """Reads running in tasks of this operator's own (``join``, ``batch``
+        with a timeout)."""
+        return []
+
+    def tasks(self) -> list[asyncio.Future[Any]]:
+        """Every task this operator runs: its background reads and the read a
+        ``next(timeout=)`` left pending."""
+        pending = [] if self._pending is None else [self._pending]
+        return [*self._background(), *pending]
+
+    def dropped(self) -> None:
+        """The handle was dropped unclosed: cancel the reads running in tasks of
+        our own; a cancelled read ends the operator, which closes its sources
+        (a cancelled subscription read releases the subscription)."""
+        if not self._finished:
+            for task in self.tasks():
+                task.cancel()
+
     # -- reading ------------------------------------------------------------------
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
+    async def anext(self) -> T:
         if self._pending is not None:
             return await self._from_pending(None)
         return await self._read()
 
-    async def next(self, timeout: float | None = None) -> T:
-        """The next item, waiting at most ``timeout`` seconds.
-
-        Raises ``TimeoutError`` when none came in time and keeps the operator
-        usable: the read goes on in the background and its item is the next
-        one handed out (close the operator when done with it). Raises
-        ``StopAsyncIteration`` at the end, like ``anext()``.
-        """
+    async def next(self, timeout: float | None) -> T:
         if timeout is None and self._pending is None:
             return await self._read()
         return await self._from_pending(timeout)
@@ -165,15 +178,18 @@ class Operator(AsyncIterator[T]):
             try:
                 await asyncio.wait({pending}, timeout=remaining)
             except asyncio.CancelledError:
-                pending.cancel()  # a cancelled read ends the operator, as in __anext__
+                # A cancelled read ends the operator, as a direct read does;
+                # return once it has (sources closed).
+                pending.cancel()
+                await asyncio.wait({pending})
                 raise
             if self._pending is not pending:
                 continue  # another reader took that item; wait for the next one
             if not pending.done():
                 raise TimeoutError(f"no item within {timeout}s")
             self._pending = None
-            if pending.cancelled():
-                raise StopAsyncIteration
+            if pending.cancelled() or self._closed:
+                raise StopAsyncIteration  # nothing is handed out after aclose()
             return pending.result()
 
     async def _read(self) -> T:
@@ -183,7 +199,7 @@ class Operator(AsyncIterator[T]):
         assert task is not None, "operators are read inside a task"
         readers = self._readers
         if task in readers:
-            raise RuntimeError(f"{type(self).__name__} read again by the task reading it")
+            raise RuntimeError(f"{type(self).__name__[1:]} read again by the task reading it")
         readers[task] = False
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -231,11 +247,6 @@ class Operator(AsyncIterator[T]):
     # -- closing ------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """End iteration for every reader and close every source.
-
-        Reads waiting in other tasks end with ``StopAsyncIteration`` (an
-        ``async for`` just ends); then the sources are closed. Idempotent.
-        """
         self._closed = self._finished = True
         current = asyncio.current_task()
         for task, interrupted in list(self._readers.items()):
@@ -249,10 +260,46 @@ class Operator(AsyncIterator[T]):
             await self._reader_left.wait()
         await self._finish()
 
+
+class Operator(AsyncIterator[T]):
+    """What every operator returns: an async iterator closable from any task.
+
+    - ``aclose()`` (or leaving ``async with``) ends the reads waiting in other
+      tasks (their ``async for`` ends normally) and closes every source.
+    - Several tasks may read it at once; they are served in order.
+    - ``next(timeout=)`` waits with a timeout and keeps the operator usable.
+    - A read cancelled from outside ends it and closes its sources, as an
+      async generator ends when a read is cancelled.
+    - Dropped without ``aclose()`` (``break``), it releases its sources too.
+    """
+
+    def __init__(self, core: _Core[T]) -> None:
+        self._core = core
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._core.anext()
+
+    async def next(self, timeout: float | None = None) -> T:
+        """The next item, waiting at most ``timeout`` seconds.
+
+        Raises ``TimeoutError`` when none came in time and keeps the operator
+        usable: the read goes on in the background and its item is the next
+        one handed out. Raises ``StopAsyncIteration`` at the end, like
+        ``anext()``.
+        """
+        return await self._core.next(timeout)
+
+    async def aclose(self) -> None:
+        """End iteration for every reader and close every source. Idempotent."""
+        await self._core.aclose()
+
     @property
     def closed(self) -> bool:
         """True once no more items will be yielded."""
-        return self._finished
+        return self._core._finished
 
     async def __aenter__(self) -> Self:
         return self
@@ -265,11 +312,16 @@ class Operator(AsyncIterator[T]):
     ) -> None:
         await self.aclose()
 
+    def __del__(self) -> None:
+        # Deterministic in CPython when an ``async for`` loop is left by break.
+        with contextlib.suppress(Exception):  # e.g. the event loop is closed
+            self._core.dropped()
+
 
 # -- one-source operators ----------------------------------------------------------
 
 
-class _Filter(Operator[T]):
+class _Filter(_Core[T]):
     def __init__(
         self, source: AsyncIterable[T], predicate: Callable[[T], bool | Awaitable[bool]]
     ) -> None:
@@ -288,10 +340,10 @@ def filter(
     source: AsyncIterable[T], predicate: Callable[[T], bool | Awaitable[bool]]
 ) -> Operator[T]:
     """Items for which ``predicate`` (sync or async) is true."""
-    return _Filter(source, predicate)
+    return Operator(_Filter(source, predicate))
 
 
-class _Map(Operator[U]):
+class _Map(_Core[U]):
     def __init__(self, source: AsyncIterable[T], fn: Callable[[T], U | Awaitable[U]]) -> None:
         super().__init__(source)
         self._source = self._open(source)
@@ -311,7 +363,7 @@ def map(source: AsyncIterable[T], fn: Callable[[T], U]) -> Operator[U]: ...
 
 def map(source: AsyncIterable[T], fn: Callable[[T], U | Awaitable[U]]) -> Operator[U]:
     """``fn(item)`` (sync or async) for every item."""
-    return _Map(source, fn)
+    return Operator(_Map(source, fn))
 
 
 def pipe(
@@ -324,7 +376,7 @@ def pipe(
     return result
 
 
-class _Take(Operator[T]):
+class _Take(_Core[T]):
     def __init__(self, source: AsyncIterable[T], count: int) -> None:
         if count < 0:
             raise ValueError("count must be >= 0")
@@ -345,7 +397,7 @@ class _Take(Operator[T]):
 def take(source: AsyncIterable[T], count: int) -> Operator[T]:
     """The first ``count`` items, then stop; the source is closed as soon as
     the last one is taken."""
-    return _Take(source, count)
+    return Operator(_Take(source, count))
 
 
 async def reduce(source: AsyncIterable[T], fn: Callable[[U, T], U | Awaitable[U]], initial: U) -> U:
@@ -370,7 +422,7 @@ def _append(items: list[T], item: T) -> list[T]:
     return items
 
 
-class _Batch(Operator[list[T]]):
+class _Batch(_Core[list[T]]):
     def __init__(self, source: AsyncIterable[T], size: int, timeout: float | None) -> None:
         if size < 1:
             raise ValueError("size must be >= 1")
@@ -426,6 +478,9 @@ class _Batch(Operator[list[T]]):
             if len(self._current) >= self._size:
                 return self._emit()
 
+    def _background(self) -> list[asyncio.Future[Any]]:
+        return [] if self._next_item is None else [self._next_item]
+
     async def _cleanup(self) -> None:
         reading, self._next_item = self._next_item, None
         try:
@@ -440,7 +495,7 @@ def batch(source: AsyncIterable[T], size: int, timeout: float | None = None) -> 
     """Lists of up to ``size`` items; with ``timeout``, a partial list is emitted
     once ``timeout`` seconds passed since its first item. The last partial list
     is emitted when the source ends."""
-    return _Batch(source, size, timeout)
+    return Operator(_Batch(source, size, timeout))
 
 
 _JSON_KEY = object()  # namespaces canonical-JSON keys apart from hashable items
@@ -476,7 +531,7 @@ def _default_key(item: object) -> Hashable:
     return item
 
 
-class _Dedupe(Operator[T]):
+class _Dedupe(_Core[T]):
     def __init__(
         self,
         source: AsyncIterable[T],
@@ -519,10 +574,10 @@ def dedupe(
     envelopes it is ``(type, id, canonical JSON of payload)``, so envelopes
     that are equal (whatever the order of their keys) are duplicates; other
     unhashable items are keyed by their canonical JSON too."""
-    return _Dedupe(source, key, memory)
+    return Operator(_Dedupe(source, key, memory))
 
 
-class _Window(Operator[tuple[T, ...]]):
+class _Window(_Core[tuple[T, ...]]):
     def __init__(self, source: AsyncIterable[T], size: int, step: int) -> None:
         if size < 1 or step < 1:
             raise ValueError("size and step must be >= 1")
@@ -543,10 +598,10 @@ class _Window(Operator[tuple[T, ...]]):
 
 def window(source: AsyncIterable[T], size: int, step: int = 1) -> Operator[tuple[T, ...]]:
     """Sliding windows of ``size`` items, one every ``step`` items."""
-    return _Window(source, size, step)
+    return Operator(_Window(source, size, step))
 
 
-class _Flat(Operator[T]):
+class _Flat(_Core[T]):
     def __init__(self, source: AsyncIterable[Iterable[T] | AsyncIterable[T]]) -> None:
         super().__init__(source)
         self._source = self._open(source)
@@ -580,7 +635,7 @@ class _Flat(Operator[T]):
 
 def flat(source: AsyncIterable[Iterable[T] | AsyncIterable[T]]) -> Operator[T]:
     """Flatten one level of (sync or async) iterables."""
-    return _Flat(source)
+    return Operator(_Flat(source))
 
 
 @overload
@@ -611,7 +666,7 @@ async def group_by(
 # -- several sources ---------------------------------------------------------------
 
 
-class _Chain(Operator[T]):
+class _Chain(_Core[T]):
     def __init__(self, *sources: AsyncIterable[T]) -> None:
         super().__init__(*sources)
         self._next_source = 0
@@ -634,10 +689,10 @@ class _Chain(Operator[T]):
 def chain(*sources: AsyncIterable[T]) -> Operator[T]:
     """All items of the first source, then of the second, and so on. Closing
     it closes every source, also those not reached yet."""
-    return _Chain(*sources)
+    return Operator(_Chain(*sources))
 
 
-class _Join(Operator[T]):
+class _Join(_Core[T]):
     def __init__(self, *sources: AsyncIterable[T]) -> None:
         super().__init__(*sources)
         self._waiting = [self._open(source) for source in sources]  # not read yet
@@ -655,7 +710,9 @@ class _Join(Operator[T]):
             if not self._reading:
                 raise StopAsyncIteration
             done, _ = await asyncio.wait(self._reading, return_when=asyncio.FIRST_COMPLETED)
-            for reading in done:
+            # In the order the reads started: two reads of one source (join(s, s))
+            # then yield its items in order.
+            for reading in [reading for reading in self._reading if reading in done]:
                 iterator = self._reading.pop(reading)
                 try:
                     item = reading.result()
@@ -664,6 +721,9 @@ class _Join(Operator[T]):
                 self._ready.append(item)
                 self._read_from(iterator)
         return self._ready.popleft()
+
+    def _background(self) -> list[asyncio.Future[Any]]:
+        return list(self._reading)
 
     async def _cleanup(self) -> None:
         reading, self._reading = list(self._reading), {}
@@ -678,4 +738,4 @@ class _Join(Operator[T]):
 def join(*sources: AsyncIterable[T]) -> Operator[T]:
     """Merge sources concurrently, items in arrival order; ends when all end.
     Closing it closes every source."""
-    return _Join(*sources)
+    return Operator(_Join(*sources))

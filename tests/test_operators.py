@@ -406,3 +406,35 @@ async def test_argument_errors_are_raised_at_once() -> None:
         op.dedupe(source(1), memory=0)
     with pytest.raises(ValueError, match="size and step"):
         op.window(source(1), 2, step=0)
+
+
+async def test_dropping_a_join_cancels_its_reads_and_releases_its_sources() -> None:
+    """``break`` out of ``async for`` over ``join`` (no aclose): the reads it
+    runs in its own tasks are cancelled, so the subscriptions are released."""
+    target = MemoryEventTarget()
+    pubsub = create_pubsub(target)
+    merged = op.join(pubsub.subscribe("a", "1"), pubsub.subscribe("b", "1"))
+    pubsub.publish("a", "1", "x")
+    async for _ in merged:
+        break
+    reads = merged._core.tasks()
+    assert len(reads) == 2
+    del merged
+    await within(asyncio.gather(*reads, return_exceptions=True))
+    del reads  # a read cancelled before it started holds its source until freed
+    assert target.listener_count("a:1") == target.listener_count("b:1") == 0
+
+
+async def test_break_after_a_timed_out_next_releases_the_subscription() -> None:
+    """The read that ``next(timeout=)`` left running does not keep a dropped
+    pipeline's subscription alive."""
+    target = MemoryEventTarget()
+    pubsub = create_pubsub(target)
+    pipeline = op.map(pubsub.subscribe("t", "1"), str)
+    with pytest.raises(TimeoutError):
+        await pipeline.next(timeout=0.001)  # bounded by its timeout
+    reads = pipeline._core.tasks()
+    assert len(reads) == 1
+    del pipeline
+    await within(asyncio.gather(*reads, return_exceptions=True))
+    assert target.listener_count("t:1") == 0
