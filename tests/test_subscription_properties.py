@@ -368,6 +368,7 @@ class Program:
         with pytest.raises(StopAsyncIteration):
             await within(anext(consumer.top), STEP_TIMEOUT)
         self.assert_released(consumer)
+        await self.check_hub()
 
     async def break_(self, consumer: Consumer) -> None:
         """``break`` out of ``async for``: the iterator is dropped, not closed."""
@@ -379,6 +380,7 @@ class Program:
             await within(asyncio.gather(*background, return_exceptions=True), STEP_TIMEOUT)
             del background
         self.assert_released(consumer)
+        await self.check_hub()
 
     async def cancel_read(self, consumer: Consumer) -> None:
         pending = [task for _, task in consumer.reads if not task.done()]
@@ -388,6 +390,7 @@ class Program:
         consumer.gone = True
         await self._collect(consumer, after_close=False)
         self.assert_released(consumer)
+        await self.check_hub()
 
     # -- invariants --------------------------------------------------------------
 
@@ -502,6 +505,13 @@ def _known_examples(spoke: int) -> Callable[[Callable[..., None]], Callable[...,
     return decorate
 
 
+def _ran_enough(counter: itertools.count[int]) -> None:
+    """The property really ran its examples (known programs included)."""
+    ran = next(counter)
+    print(f"{ran} programs run")
+    assert ran >= min(EXAMPLES, 100), ran
+
+
 def _run(runner: asyncio.Runner, coroutine: Awaitable[None]) -> None:
     runner.run(within(coroutine, 120))
 
@@ -524,6 +534,7 @@ def test_memory_target_invariants() -> None:
             _run(runner, example(steps))
 
         check()
+        _ran_enough(counter)
 
 
 def test_websocket_bus_invariants() -> None:
@@ -557,6 +568,7 @@ def test_websocket_bus_invariants() -> None:
 
         try:
             check()
+            _ran_enough(counter)
         finally:
 
             async def close_all() -> None:
