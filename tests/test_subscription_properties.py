@@ -199,7 +199,7 @@ class Consumer:
     top: Any  # the iterator read; None once broken (dropped)
     subscriptions: list[tuple[int, str, weakref.ref[Subscription[Any]]]]
     layers: list[weakref.ref[Any]]
-    reads: list[tuple[int, asyncio.Task[Any]]] = field(default_factory=list)
+    reads: list[asyncio.Task[Any]] = field(default_factory=list)
     results: list[tuple[int, Any]] = field(default_factory=list)  # (read order, item)
     gone: bool = False  # closed, broken or cancelled by the program
 
@@ -213,7 +213,6 @@ class Program:
         self.targets = targets
         self.hub = hub
         self.topics = [f"{prefix}:0", f"{prefix}:1"]
-        self.prefix = prefix
         self.consumers: list[Consumer] = []
         self.sequence = [itertools.count() for _ in targets]
         self.read_order = itertools.count()
@@ -245,15 +244,15 @@ class Program:
             except StopAsyncIteration:
                 return (order, _ENDED)
 
-        consumer.reads.append((len(consumer.reads), asyncio.ensure_future(read())))
+        consumer.reads.append(asyncio.ensure_future(read()))
         await within(started.wait(), STEP_TIMEOUT)
 
     async def _collect(self, consumer: Consumer, *, after_close: bool) -> None:
         """Every read of ``consumer`` ends (bounded); record what they got."""
-        pending = [task for _, task in consumer.reads if not task.done()]
+        pending = [task for task in consumer.reads if not task.done()]
         if pending:
             await within(asyncio.wait(pending), STEP_TIMEOUT)
-        for _, task in consumer.reads:
+        for task in consumer.reads:
             if task.cancelled():
                 continue
             order, item = task.result()
@@ -263,6 +262,10 @@ class Program:
                 )
                 consumer.results.append((order, item))
         consumer.reads = []
+
+    @staticmethod
+    def _reading(consumer: Consumer) -> bool:
+        return any(not task.done() for task in consumer.reads)
 
     def _background(self, consumer: Consumer) -> list[asyncio.Future[Any]]:
         reads = []
@@ -300,7 +303,9 @@ class Program:
                         break
         elif isinstance(step, Flush):
             await self._flush()
-        elif (consumer := self._consumer(getattr(step, "consumer", 0))) is None:
+        elif isinstance(step, CloseTarget):
+            await self.close_target(step.target)
+        elif (consumer := self._consumer(step.consumer)) is None:
             pass
         elif isinstance(step, Read):
             await self._read(consumer)
@@ -314,18 +319,22 @@ class Program:
                 pass
             else:
                 consumer.results.append((order, item))
-        elif isinstance(step, Close) or (isinstance(step, Break) and consumer.reads):
+        elif isinstance(step, Close) or (isinstance(step, Break) and self._reading(consumer)):
+            # A loop cannot break while its own read is waiting: that is a close.
             from_another_task = isinstance(step, Close) and step.from_another_task
             await self.close(consumer, from_another_task=from_another_task)
         elif isinstance(step, Break):
             await self.break_(consumer)
         elif isinstance(step, CancelRead):
             await self.cancel_read(consumer)
-        if isinstance(step, CloseTarget) and self._open(step.target):
-            await within(self.targets[step.target].aclose(), STEP_TIMEOUT)
-            for consumer_ in self.consumers:
-                if consumer_.target == step.target and not consumer_.gone:
-                    await self._collect(consumer_, after_close=False)  # every waiter ends
+
+    async def close_target(self, index: int) -> None:
+        if not self._open(index):
+            return
+        await within(self.targets[index].aclose(), STEP_TIMEOUT)
+        for consumer in self.consumers:
+            if consumer.target == index and not consumer.gone:
+                await self._collect(consumer, after_close=False)  # every waiter ends
 
     async def subscribe(self, step: Subscribe) -> None:
         pubsub = create_pubsub(self.targets[step.target])
@@ -383,7 +392,7 @@ class Program:
         await self.check_hub()
 
     async def cancel_read(self, consumer: Consumer) -> None:
-        pending = [task for _, task in consumer.reads if not task.done()]
+        pending = [task for task in consumer.reads if not task.done()]
         if not pending:
             return
         pending[0].cancel()
