@@ -20,7 +20,7 @@ from .core.errors import (
     UnknownTransportError,
 )
 from .core.listeners import Listener
-from .pubsub import PubSub, Subscription, create_pubsub
+from .pubsub import Envelope, PubSub, Subscription, create_pubsub
 from .registry import (
     available_transports,
     get_transport,
@@ -37,6 +37,7 @@ __all__ = [
     "BaseEventTarget",
     "ConnectionRefusedByHubError",
     "DecodeError",
+    "Envelope",
     "Event",
     "EventEnvelope",
     "FrameTooLargeError",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections import deque
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -16,7 +16,14 @@ from .core.errors import SubscriptionOverflowError
 from .target import TypedEventTarget
 from .transports.memory import MemoryEventTarget
 
-__all__ = ["DEFAULT_MAX_BUFFER", "Overflow", "PubSub", "Subscription", "create_pubsub"]
+__all__ = [
+    "DEFAULT_MAX_BUFFER",
+    "Envelope",
+    "Overflow",
+    "PubSub",
+    "Subscription",
+    "create_pubsub",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +31,75 @@ Overflow = Literal["raise", "drop_oldest", "drop_newest"]
 DEFAULT_MAX_BUFFER = 1000
 _OVERFLOW_POLICIES = ("raise", "drop_oldest", "drop_newest")
 
+P = TypeVar("P", covariant=True)
 M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:
+
+    class Envelope(EventEnvelope, Generic[P]):
+        """An ``EventEnvelope`` whose ``payload`` is a ``P`` (typing only)."""
+
+        payload: P
+
+else:
+
+    class _EnvelopeView(type):
+        # Every EventEnvelope is an Envelope: isinstance() and issubclass()
+        # answer for EventEnvelope, so narrowing with Envelope never lies.
+        def __instancecheck__(cls, instance: object) -> bool:
+            return isinstance(instance, EventEnvelope)
+
+        def __subclasscheck__(cls, subclass: type) -> bool:
+            return issubclass(subclass, EventEnvelope)
+
+    class Envelope(Generic[P], metaclass=_EnvelopeView):
+        """``Envelope[M]``: an ``EventEnvelope`` whose ``payload`` is an ``M``.
+
+        A typing view, not a model of its own: ``subscribe(..., model=M)``
+        yields ordinary ``EventEnvelope`` objects (the wire model) typed as
+        ``Envelope[M]``, so ``envelope.payload.x`` type-checks. ``Envelope[M]``
+        works at run time in annotations; ``Envelope(...)`` builds an
+        ``EventEnvelope``.
+        """
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> EventEnvelope:  # type: ignore[misc]
+            return EventEnvelope(*args, **kwargs)
+
+
+class _Signal:
+    """What a waiting reader is woken with, besides an envelope."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_ENDED: Final = _Signal("ended")
+_TIMED_OUT: Final = _Signal("timed out")
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
 
 
 class _SubscriptionState:
     """Everything the listener touches, kept apart from ``Subscription`` so that
     the target's strong reference to the listener does not keep the iterator
-    alive: when a ``for`` loop drops the iterator, ``__del__`` unregisters it."""
+    alive: when a ``for`` loop drops the iterator, ``__del__`` unregisters it.
+
+    Readers wait in ``waiters`` (FIFO futures); an arriving envelope is handed
+    to the first waiter, or buffered when nobody waits, so ``buffer`` is only
+    non-empty while no reader waits.
+    """
 
     __slots__ = (
         "buffer",
+        "closed",
         "dropped",
         "ended",
         "invalid",
@@ -41,16 +107,17 @@ class _SubscriptionState:
         "model",
         "overflow",
         "overflowed",
-        "waiter",
+        "waiters",
     )
 
     def __init__(self, model: type[BaseModel] | None, max_buffer: int, overflow: Overflow) -> None:
         self.buffer: deque[EventEnvelope] = deque()
+        self.waiters: deque[asyncio.Future[EventEnvelope | _Signal]] = deque()
         self.model = model
         self.max_buffer = max_buffer
         self.overflow = overflow
-        self.waiter: asyncio.Future[None] | None = None
-        self.ended = False
+        self.ended = False  # no more envelopes will arrive
+        self.closed = False  # the consumer closed it: nothing more is yielded
         self.overflowed = False
         self.dropped = 0
         self.invalid = 0
@@ -67,6 +134,12 @@ class _SubscriptionState:
                 logger.warning("skipping invalid payload on %s: %s", event.type, exc)
                 return
             envelope = envelope.model_copy(update={"payload": value})
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # else it timed out or was cancelled
+                waiter.set_result(envelope)
+                return
         buffer = self.buffer
         if len(buffer) >= self.max_buffer:
             if self.overflow == "drop_newest":
@@ -77,19 +150,23 @@ class _SubscriptionState:
                 self.dropped += 1
             else:
                 self.overflowed = True
-                self._wake()
                 return
         buffer.append(envelope)
-        self._wake()
 
     def end(self) -> None:
+        """No more envelopes: wake every waiting reader (what is buffered is
+        still yielded unless the consumer closed the subscription)."""
         self.ended = True
-        self._wake()
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(_ENDED)
 
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def close(self) -> None:
+        """The consumer is done: drop what is buffered and end."""
+        self.closed = True
+        self.buffer.clear()
+        self.end()
 
 
 class Subscription(Generic[M]):
@@ -100,6 +177,15 @@ class Subscription(Generic[M]):
     buffered even before the first ``__anext__``. It is removed when the loop
     ends (normally, by ``break`` or by exception), on ``aclose()``, or when the
     target closes (B11).
+
+    - Several tasks may wait in ``__anext__`` at once: they are served in the
+      order they started waiting, each envelope to one of them.
+    - ``aclose()`` (from any task) ends every waiting reader, and iteration
+      ends at once: what was buffered is dropped (PEP 525). When the *target*
+      closes, what was buffered is still yielded, then iteration ends.
+    - A read cancelled from outside (a cancelled task, ``asyncio.wait_for``
+      timing out) ends the subscription, as it ends an async generator. Use
+      ``next(timeout=...)`` to wait with a timeout and keep the subscription.
     """
 
     def __init__(
@@ -134,34 +220,66 @@ class Subscription(Generic[M]):
         """Envelopes skipped because their payload failed ``model`` validation."""
         return self._state.invalid
 
+    @property
+    def closed(self) -> bool:
+        """True once the iterator is finished: closed by the consumer, cancelled,
+        or ended (target closed and buffer drained, overflow raised)."""
+        return self._released
+
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> EventEnvelope:
+    async def __anext__(self) -> Envelope[M]:
+        return await self._read(None)
+
+    async def next(self, timeout: float | None = None) -> Envelope[M]:
+        """The next envelope, waiting at most ``timeout`` seconds.
+
+        Raises ``TimeoutError`` when none arrived in time; unlike a cancelled
+        ``anext()``, the subscription stays live and loses nothing (the safe
+        pattern for heartbeat loops). Raises ``StopAsyncIteration`` once the
+        subscription has ended, like ``anext()``.
+        """
+        return await self._read(timeout)
+
+    async def _read(self, timeout: float | None) -> Envelope[M]:
         state = self._state
         while True:
             if state.buffer:
-                return state.buffer.popleft()
+                return cast(Envelope[M], state.buffer.popleft())
             if state.overflowed:
                 self._release()
                 raise SubscriptionOverflowError(
                     f"subscription to {self.topic!r} overflowed its buffer of "
                     f"{state.max_buffer} envelopes (overflow='raise')"
                 )
-            if state.ended or self._released:
+            if state.ended:
                 self._release()
                 raise StopAsyncIteration
-            waiter = asyncio.get_running_loop().create_future()
-            state.waiter = waiter
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[EventEnvelope | _Signal] = loop.create_future()
+            state.waiters.append(waiter)
+            timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
             try:
-                await waiter
+                received = await waiter
             except BaseException:
+                # Cancelled from outside: the consumer is gone (see the class doc).
                 self._release()
                 raise
             finally:
-                state.waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if state.closed:
+                raise StopAsyncIteration  # closed while this reader waited
+            if received is _TIMED_OUT:
+                with contextlib.suppress(ValueError):
+                    state.waiters.remove(waiter)
+                raise TimeoutError(f"no envelope on {self.topic!r} within {timeout}s")
+            if received is not _ENDED:
+                return cast(Envelope[M], received)
 
     async def aclose(self) -> None:
+        """End iteration now, for every reader; release the listener."""
         self._release()
 
     async def __aenter__(self) -> Self:
@@ -179,7 +297,7 @@ class Subscription(Generic[M]):
         if self._released:
             return
         self._released = True
-        self._state.end()
+        self._state.close()
         try:
             self._target.remove_event_listener(self.topic, self._state.on_event)
         finally:

@@ -10,6 +10,7 @@ from alkpubsub.testing import (
     HubConformance,
     PayloadConformance,
     ReconnectConformance,
+    SubscriptionConformance,
 )
 
 
@@ -31,3 +32,7 @@ class TestReconnectConformance(ReconnectConformance):
 
 class TestPayloadConformance(PayloadConformance):
     """The payload table on memory, ws, iroh and the mixed bus."""
+
+
+class TestSubscriptionConformance(SubscriptionConformance):
+    """Subscriptions and operators on memory, ws, iroh and the mixed bus."""

@@ -219,3 +219,43 @@ def test_b6_bound_methods_of_one_object_are_one_listener() -> None:
     registry.dispatch(make_event("t", "1"))
     assert handler.seen == 1
     assert registry.remove("t:1", handler.on_event) is True
+
+
+def test_removal_during_nested_dispatch_of_the_same_topic() -> None:
+    """A listener removed inside a nested dispatch of the same topic is skipped
+    by the outer dispatch too; counts stay exact for each dispatch."""
+    registry = ListenerRegistry()
+    calls: list[str] = []
+    counts: list[int] = []
+
+    def first(event: Event) -> None:
+        calls.append(f"first:{event.detail.payload}")
+        if event.detail.payload == "outer":
+            counts.append(registry.dispatch(make_event("t", "1", "inner")))
+
+    def remover(event: Event) -> None:
+        calls.append(f"remover:{event.detail.payload}")
+        registry.remove("t:1", last)
+        registry.remove("t:1", first)  # already called in this dispatch: still counted
+
+    def last(event: Event) -> None:
+        calls.append(f"last:{event.detail.payload}")
+
+    for listener in (first, remover, last):
+        registry.add("t:1", listener)
+    counts.append(registry.dispatch(make_event("t", "1", "outer")))
+    assert calls == ["first:outer", "first:inner", "remover:inner", "remover:outer"]
+    assert counts == [2, 2]
+    assert registry.count("t:1") == 1
+
+
+def test_count_does_not_rebuild_the_dispatch_list() -> None:
+    registry = ListenerRegistry()
+    listeners = [lambda event, i=i: None for i in range(3)]
+    for listener in listeners:
+        registry.add("t:1", listener)
+    registry.dispatch(make_event("t", "1"))
+    registry.remove("t:1", listeners[0])
+    assert registry.count("t:1") == 2
+    assert registry.count("none:1") == 0
+    assert registry.dispatch(make_event("t", "1")) == 2

@@ -25,6 +25,7 @@ from alkpubsub.testing import (
     HubConformance,
     ReconnectConformance,
     StalledSubscriber,
+    SubscriptionConformance,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "unix_transport.py"
@@ -126,6 +127,10 @@ class TestUnixHub(HubConformance):
 
 
 class TestUnixReconnect(ReconnectConformance):
+    pass
+
+
+class TestUnixSubscriptions(SubscriptionConformance):
     pass
 
 

@@ -9,10 +9,12 @@ and awaits coroutines one after another, so dispatch is done here: every
 listener is isolated, and coroutine results are handed to the ``schedule``
 callable that the asyncio shell injects (the core never touches an event loop).
 
-Dispatch iterates a per-topic tuple that is rebuilt lazily after a change, so
-adding and removing listeners is O(1) and dispatch is one dict lookup. A
-listener removed while an event is being dispatched is not called for that
-event; one added meanwhile is called from the next event on (DOM semantics).
+Dispatch iterates a per-topic list that is rebuilt lazily after a change, so
+adding and removing listeners is O(1) amortised and dispatch is one dict
+lookup. A listener removed while an event is being dispatched is not called for
+that event (it is replaced, in the list being dispatched, by a marker that
+costs nothing on the common path); one added meanwhile is called from the next
+event on (DOM semantics).
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ class _TopicSignal(Signal):
     set_class = _ConnectionOrderedSet
 
 
+class _Removed(Exception):
+    """Raised by the marker that stands for a listener removed during a dispatch."""
+
+
+def _removed_listener(event: Event) -> None:
+    raise _Removed
+
+
 class ListenerRegistry:
     """Listeners keyed by full topic, with refcount transitions reported to the caller."""
 
@@ -97,12 +107,11 @@ class ListenerRegistry:
     ) -> None:
         self._signals: dict[str, _TopicSignal] = {}
         # Per-topic listeners for dispatch; None = rebuild from the signal first.
-        self._snapshots: dict[str, tuple[Listener, ...] | None] = {}
+        # A list is never changed once built, except that remove() replaces an
+        # entry by _removed_listener, for dispatches iterating it right now.
+        self._snapshots: dict[str, list[Listener] | None] = {}
         self._on_listener_error = on_listener_error
         self._schedule = schedule
-        # (topic, identity) of listeners removed while a dispatch was running.
-        self._dispatching = 0
-        self._removed_in_dispatch: set[tuple[str, object]] = set()
         self.listener_errors = 0
 
     # -- registration ------------------------------------------------------
@@ -130,8 +139,15 @@ class ListenerRegistry:
             return False
         registered = self._builtin_twin(signal, listener) or listener
         signal.disconnect(registered, sender=ANY)
-        if self._dispatching:
-            self._removed_in_dispatch.add((topic, _identity(registered)))
+        snapshot = self._snapshots.get(topic)
+        if snapshot is not None:
+            # A dispatch may be iterating this list: skip the listener there.
+            # Scanning is needed only once per change (the list is dropped).
+            identity = _identity(registered)
+            for index, item in enumerate(snapshot):
+                if _identity(item) == identity:
+                    snapshot[index] = _removed_listener
+                    break
         self._snapshots[topic] = None
         if signal.has_receivers_for(ANY):
             return False
@@ -156,17 +172,18 @@ class ListenerRegistry:
                     return receiver
         return None
 
-    def _listeners(self, topic: str) -> tuple[Listener, ...]:
+    def _listeners(self, topic: str) -> list[Listener]:
         listeners = self._snapshots.get(topic)
         if listeners is None:
             signal = self._signals.get(topic)
             if signal is None:
-                return ()
-            listeners = self._snapshots[topic] = tuple(signal.receivers_for(ANY))
+                return []
+            listeners = self._snapshots[topic] = list(signal.receivers_for(ANY))
         return listeners
 
     def count(self, topic: str) -> int:
-        return len(self._listeners(topic))
+        signal = self._signals.get(topic)
+        return 0 if signal is None else len(signal.receivers)
 
     def topics(self) -> list[str]:
         """Topics with at least one listener, in registration order."""
@@ -186,29 +203,19 @@ class ListenerRegistry:
         listeners = self._snapshots.get(event.type, ())
         if listeners is None:
             listeners = self._listeners(event.type)
-        if not listeners:
-            return 0
-        removed = self._removed_in_dispatch
-        topic = event.type
-        self._dispatching += 1
-        try:
-            called = 0
-            for listener in listeners:
-                if removed and (topic, _identity(listener)) in removed:
-                    continue
-                called += 1
-                try:
-                    result = listener(event)
-                except Exception as exc:
+        skipped = 0
+        for listener in listeners:
+            try:
+                result = listener(event)
+            except Exception as exc:
+                if type(exc) is _Removed:
+                    skipped += 1
+                else:
                     self._report(exc, event, listener)
-                    continue
-                if result is not None and inspect.isawaitable(result):
-                    self._spawn(result, event, listener)
-            return called
-        finally:
-            self._dispatching -= 1
-            if not self._dispatching:
-                removed.clear()
+                continue
+            if result is not None and inspect.isawaitable(result):
+                self._spawn(result, event, listener)
+        return len(listeners) - skipped
 
     async def _guard(self, awaitable: Awaitable[None], event: Event, listener: Listener) -> None:
         try:

@@ -34,6 +34,7 @@ from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .redis import BridgedBus, BrokerBus, RedisBus, RedisServer
 from .suite import CoreConformance, HubConformance, ReconnectConformance
 from .suite_payloads import PAYLOAD_TABLE, REFUSED_PAYLOADS, PayloadCase, PayloadConformance
+from .suite_subscriptions import ListenerCounting, SubscriptionConformance
 from .worker import WorkerBus as WorkerBus  # explicit re-export
 
 __all__ = [
@@ -60,4 +61,6 @@ __all__ = [
     "REFUSED_PAYLOADS",
     "PayloadCase",
     "PayloadConformance",
+    "ListenerCounting",
+    "SubscriptionConformance",
 ]
