@@ -1,7 +1,7 @@
 """Benchmark: alkpubsub against NATS and hand-written hubs, every system in one run.
 
     python benchmarks/bench.py [--systems ...] [--repeat 3] [--json FILE] [--write-docs]
-    ../shared/tools/loopback-only python benchmarks/bench.py   (adds the iroh systems)
+    tools/loopback-only python benchmarks/bench.py   (adds the iroh systems)
     python benchmarks/bench.py --quick --repeat 1              (smoke test, seconds)
 
 Systems (``--systems``, default: every one that can run here):
@@ -10,6 +10,7 @@ nats            nats-server (started here on a free 127.0.0.1 port, no JetStream
 websockets      benchmarks/baseline_ws_hub.py (``broadcast()``) + raw websockets clients
 picows          benchmarks/baseline_picows_hub.py + raw picows clients
 alkpubsub-ws    ``alkpubsub hub`` (ws-hub) + ws-spoke clients
+alkpubsub-ws-plain  the same with sessions and heartbeats off (their cost)
 iroh            benchmarks/baseline_iroh_hub.py + hand-written iroh clients
 alkpubsub-iroh  ``alkpubsub hub --iroh`` + iroh-spoke clients
 
@@ -150,6 +151,14 @@ SYSTEMS = {
             "alkpubsub-ws",
             "alkpubsub ws-hub + ws-spoke",
             "alkpubsub",
+            ALK_HUB,
+            "ws://",
+            ("websockets",),
+        ),
+        System(
+            "alkpubsub-ws-plain",
+            "alkpubsub ws-hub + ws-spoke, no sessions, no heartbeat",
+            "alkpubsub-plain",
             ALK_HUB,
             "ws://",
             ("websockets",),
@@ -559,6 +568,7 @@ RATIO_PAIRS = [
     ("alkpubsub-ws", "nats"),
     ("alkpubsub-ws", "websockets"),
     ("alkpubsub-ws", "picows"),
+    ("alkpubsub-ws", "alkpubsub-ws-plain"),
     ("alkpubsub-iroh", "nats"),
     ("alkpubsub-iroh", "iroh"),
 ]

@@ -62,8 +62,10 @@ class AlkSubscriber:
         self.delivered = delivered
 
     @classmethod
-    async def open(cls, url: str, topic: str, on_message: OnMessage) -> AlkSubscriber:
-        spoke: Any = transport_from_url(url)
+    async def open(
+        cls, url: str, topic: str, on_message: OnMessage, **options: Any
+    ) -> AlkSubscriber:
+        spoke: Any = transport_from_url(url, **options)
         await spoke.start()
         delivered = [0]
 
@@ -88,8 +90,8 @@ class AlkPublisher:
         self.spoke = spoke
 
     @classmethod
-    async def open(cls, url: str) -> AlkPublisher:
-        spoke: Any = transport_from_url(url)
+    async def open(cls, url: str, **options: Any) -> AlkPublisher:
+        spoke: Any = transport_from_url(url, **options)
         await spoke.start()
         return cls(spoke)
 
@@ -353,9 +355,17 @@ RAW_CLIENTS: dict[str, type[WebsocketsClient | PicowsClient | IrohClient | NatsC
 }
 
 
+#: alkpubsub client kinds and their spoke options: "alkpubsub-plain" measures what
+#: sessions (acknowledgements) and the heartbeat cost.
+ALK_CLIENTS: dict[str, dict[str, Any]] = {
+    "alkpubsub": {},
+    "alkpubsub-plain": {"session": False, "heartbeat_interval": None},
+}
+
+
 async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage) -> Subscriber:
-    if kind == "alkpubsub":
-        return await AlkSubscriber.open(url, topic, on_message)
+    if kind in ALK_CLIENTS:
+        return await AlkSubscriber.open(url, topic, on_message, **ALK_CLIENTS[kind])
     client = RAW_CLIENTS[kind](on_message, topic)
     await client.connect(url)
     await client.subscribe(topic)
@@ -363,8 +373,8 @@ async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage
 
 
 async def open_publisher(kind: str, url: str) -> Publisher:
-    if kind == "alkpubsub":
-        return await AlkPublisher.open(url)
+    if kind in ALK_CLIENTS:
+        return await AlkPublisher.open(url, **ALK_CLIENTS[kind])
     client = RAW_CLIENTS[kind](None, None)
     await client.connect(url)
     return client
