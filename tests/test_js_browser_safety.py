@@ -21,6 +21,7 @@ from .js_support import ROOT, JsCommandError, JsDriver, static_server
 from .test_js_spoke import spawn, state
 
 EXAMPLE = ROOT / "examples" / "browser_auth.py"
+ARTIFACTS = ROOT / "artifacts"
 FAST_RETRIES = {"backoffInitialMs": 100, "backoffMaxMs": 400}
 
 
@@ -175,6 +176,7 @@ async def test_an_unusable_token_fails_the_attempt_before_the_hub_sees_it(js: Js
         assert "c2Vj" not in raised.value.error["message"]
         tokens = [
             {"value": "with space"},
+            {},  # answers null: a forgotten `return` is no attempt without a token
             {"error": "not signed in"},
             {"value": "late", "delayMs": 800},
             {"value": "good"},
@@ -184,20 +186,21 @@ async def test_an_unusable_token_fails_the_attempt_before_the_hub_sees_it(js: Js
         await js.request("ready", spoke="s")
         await js.wait_until(  # the late token came, after the attempt gave up on it
             lambda events: (
-                any(e.get("event") == "token-answered" and e["call"] == 2 for e in events) or None
+                any(e.get("event") == "token-answered" and e["call"] == 3 for e in events) or None
             ),
             "the late token",
         )
         await js.request("flush", spoke="s")
         after = await state(js, "s")
     errors = [e["error"] for e in js.reported("error", "s")]
-    assert [e["name"] for e in errors] == ["ConnectionFailedError"] * 3
+    assert [e["name"] for e in errors] == ["ConnectionFailedError"] * 4
     assert "cannot carry" in errors[0]["message"]
     assert "with space" not in errors[0]["message"]
-    assert "not signed in" in errors[1]["message"]
-    assert "no token within 400 ms" in errors[2]["message"]
+    assert "must be a non-empty string, not null" in errors[1]["message"]
+    assert "not signed in" in errors[2]["message"]
+    assert "no token within 400 ms" in errors[3]["message"]
     assert seen == [("alkpubsub.v1", "token.good")]
-    assert (after["stats"]["attempts"], after["stats"]["connections"]) == (4, 1)
+    assert (after["stats"]["attempts"], after["stats"]["connections"]) == (5, 1)
 
 
 # -- the recipes of examples/browser_auth.py --------------------------------------------------
@@ -277,4 +280,7 @@ async def test_the_three_browser_auth_recipes_of_the_example(
     assert dict(await browser_js.request("evaluate", page=page, expression=closed)) == {
         "forged": True, "cookie": False, "query": True, "subprotocol": False,
     }  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-auth.png"
+    await browser_js.request("screenshot", page=page, path=str(shot))
     assert browser_js.reported("pageerror") == []

@@ -50,7 +50,8 @@ export interface WebSocketSpokeOptions {
    * (after `subprotocol`). A function is called at every (re)connection attempt, so a
    * short-lived token can be fetched afresh. A token must be a non-empty string of RFC 7230
    * token characters (letters, digits and !#$%&'*+-.^_`|~: JWTs, hex, base64url); any other
-   * fails the attempt with a TypeError (a static token: at construction).
+   * fails the attempt with a TypeError (a static token: at construction), as does a
+   * function that throws, rejects, answers late (connectTimeoutMs) or answers no token.
    */
   token?: string | (() => string | Promise<string>);
   /** More subprotocols, offered after `subprotocol` and the token's. */
@@ -121,7 +122,7 @@ export interface SessionInfo {
 }
 
 export interface SpokeStats {
-  /** Sockets created, and sockets that opened. */
+  /** Connection attempts (each fetches the token, if a function, then creates a socket), and sockets that opened. */
   attempts: number;
   connections: number;
   /** Welcomes by the hub; how many resumed the session; events sent again after a resume. */

@@ -225,7 +225,8 @@ function extraProtocols(protocols) {
 /** Throws unless `token` can ride in a subprotocol; never shows the token itself (a secret). */
 function checkToken(token) {
   if (typeof token !== 'string' || token === '') {
-    throw new TypeError(`the token must be a non-empty string, not ${token === '' ? 'an empty one' : typeof token}`);
+    const got = token === '' ? 'an empty one' : token === null ? 'null' : typeof token;
+    throw new TypeError(`the token must be a non-empty string, not ${got}`);
   }
   if (!SUBPROTOCOL_PATTERN.test(token)) {
     throw new TypeError(
@@ -365,7 +366,7 @@ export class WebSocketSpoke {
     }
     this.#options = { ...DEFAULTS, ...options };
     const { subprotocol, token } = this.#options;
-    if (subprotocol != null && !SUBPROTOCOL_PATTERN.test(subprotocol)) {
+    if (subprotocol != null && (typeof subprotocol !== 'string' || !SUBPROTOCOL_PATTERN.test(subprotocol))) {
       throw new TypeError(`${JSON.stringify(subprotocol)} is not a valid WebSocket subprotocol (only ${TOKEN_CHARACTERS})`);
     }
     this.#protocols = extraProtocols(options.protocols);
@@ -544,7 +545,7 @@ export class WebSocketSpoke {
     this.#stats.attempts += 1;
     const attempt = ++this.#attempt;
     const { token, connectTimeoutMs } = this.#options;
-    if (typeof token !== 'function') return this.#dial(attempt, token);
+    if (typeof token !== 'function') return this.#dial(attempt, token ?? null);
     // A token function runs at every attempt, so short-lived tokens stay fresh.
     let value;
     try {
@@ -552,11 +553,11 @@ export class WebSocketSpoke {
     } catch (error) {
       return this.#attemptFailed(attempt, 'the token function failed', error);
     }
-    if (typeof value?.then !== 'function') return this.#dial(attempt, value);
+    if (typeof value?.then !== 'function') return this.#dial(attempt, value, true);
     const late = () => this.#attemptFailed(attempt, `no token within ${connectTimeoutMs} ms`);
     this.#linkTimer = setTimeout(late, connectTimeoutMs);
     Promise.resolve(value).then(
-      (resolved) => this.#dial(attempt, resolved),
+      (resolved) => this.#dial(attempt, resolved, true),
       (error) => this.#attemptFailed(attempt, 'the token function failed', error),
     );
   }
@@ -571,21 +572,24 @@ export class WebSocketSpoke {
     this.#scheduleReconnect(false);
   }
 
-  /** The subprotocols to offer: alkpubsub.v1, the token's, then the `protocols` option's. */
-  #offer(token) {
+  /**
+   * The subprotocols to offer: alkpubsub.v1, the token's, then the `protocols` option's.
+   * A token function must answer a token (a forgotten `return` is no anonymous attempt).
+   */
+  #offer(token, fromFunction) {
     const offered = [];
     if (this.#options.subprotocol != null) offered.push(this.#options.subprotocol);
-    if (token != null) offered.push(TOKEN_PREFIX + checkToken(token));
+    if (fromFunction || token !== null) offered.push(TOKEN_PREFIX + checkToken(token));
     for (const protocol of this.#protocols) if (!offered.includes(protocol)) offered.push(protocol);
     return offered;
   }
 
-  #dial(attempt, token) {
+  #dial(attempt, token, fromFunction = false) {
     if (attempt !== this.#attempt || this.#closed) return;
     clearTimeout(this.#linkTimer);
     let offered;
     try {
-      offered = this.#offer(token);
+      offered = this.#offer(token, fromFunction);
     } catch (error) {
       return this.#attemptFailed(attempt, 'unusable token', error);
     }
