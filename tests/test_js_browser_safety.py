@@ -85,6 +85,16 @@ async def test_a_page_of_another_origin_never_reaches_the_hub(browser_js: JsDriv
     assert all(gap >= low for gap, low in zip(gaps, (45, 95, 195), strict=True)), gaps
 
 
+async def test_a_node_spoke_sends_no_origin_and_allowed_origins_do_not_apply(
+    node_js: JsDriver,
+) -> None:
+    """`ws` sends no Origin unless told (a program could forge one anyway): a Node spoke
+    is not a web page, so `allowed_origins` lets it through; `authenticate` is its gate."""
+    async with WebSocketHub(port=0, allowed_origins=["https://app.example.com"]) as hub:
+        await spawn(node_js, "s", hub.url)
+        assert [peer.headers.get("Origin") for peer in hub.peers] == [None]
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 
@@ -178,10 +188,10 @@ async def test_an_unusable_token_fails_the_attempt_before_the_hub_sees_it(js: Js
             {"value": "with space"},
             {},  # answers null: a forgotten `return` is no attempt without a token
             {"error": "not signed in"},
-            {"value": "late", "delayMs": 800},
+            {"value": "late", "delayMs": 1200},
             {"value": "good"},
         ]
-        options = {"backoffInitialMs": 20, "backoffMaxMs": 40, "connectTimeoutMs": 400}
+        options = {"backoffInitialMs": 20, "backoffMaxMs": 40, "connectTimeoutMs": 800}
         await js.request("create", spoke="s", url=hub.url, tokens=tokens, options=options)
         await js.request("ready", spoke="s")
         await js.wait_until(  # the late token came, after the attempt gave up on it
@@ -198,7 +208,7 @@ async def test_an_unusable_token_fails_the_attempt_before_the_hub_sees_it(js: Js
     assert "with space" not in errors[0]["message"]
     assert "must be a non-empty string, not null" in errors[1]["message"]
     assert "not signed in" in errors[2]["message"]
-    assert "no token within 400 ms" in errors[3]["message"]
+    assert "no token within 800 ms" in errors[3]["message"]
     assert seen == [("alkpubsub.v1", "token.good")]
     assert (after["stats"]["attempts"], after["stats"]["connections"]) == (5, 1)
 
