@@ -76,7 +76,8 @@ def build_app(hub: WebSocketHub) -> web.Application:
         return web.Response(text=text, content_type="text/javascript")
 
     async def pubsub(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=hub.max_frame_bytes)
+        # Browsers fail a handshake that selects none of the subprotocols they offered.
+        ws = web.WebSocketResponse(protocols=["alkpubsub.v1"], max_msg_size=hub.max_frame_bytes)
         await ws.prepare(request)
         await hub.serve_connection(ws, request=request)
         return ws

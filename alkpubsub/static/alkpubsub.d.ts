@@ -24,6 +24,8 @@ export interface WebSocketConstructor {
 
 export interface WebSocketLike {
   readonly readyState: number;
+  /** The subprotocol the server selected ('' for none). */
+  readonly protocol?: string;
   readonly bufferedAmount: number;
   binaryType: string;
   onopen: ((event: any) => void) | null;
@@ -38,7 +40,21 @@ export interface WebSocketLike {
 export interface WebSocketSpokeOptions {
   /** The WebSocket class to use; default `globalThis.WebSocket` (Node 20 has none: pass `ws`'s). */
   WebSocket?: WebSocketConstructor;
-  /** WebSocket subprotocols, passed to the constructor. */
+  /**
+   * The protocol's WebSocket subprotocol, offered first; the hub selects it. null offers
+   * none (for a server that does not select it). Default 'alkpubsub.v1'.
+   */
+  subprotocol?: string | null;
+  /**
+   * A credential for the hub's `authenticate`, offered as the subprotocol `token.<token>`
+   * (after `subprotocol`). A function is called at every (re)connection attempt, so a
+   * short-lived token can be fetched afresh. A token must be a non-empty string of RFC 7230
+   * token characters (letters, digits and !#$%&'*+-.^_`|~: JWTs, hex, base64url); any other
+   * fails the attempt with a TypeError (a static token: at construction), as does a
+   * function that throws, rejects, answers late (connectTimeoutMs) or answers no token.
+   */
+  token?: string | (() => string | Promise<string>);
+  /** More subprotocols, offered after `subprotocol` and the token's. */
   protocols?: string | string[];
   /** First reconnect delay ceiling; each delay is between half and all of min(max, initial * 2^n). Default 100. */
   backoffInitialMs?: number;
@@ -106,7 +122,7 @@ export interface SessionInfo {
 }
 
 export interface SpokeStats {
-  /** Sockets created, and sockets that opened. */
+  /** Connection attempts (each fetches the token, if a function, then creates a socket), and sockets that opened. */
   attempts: number;
   connections: number;
   /** Welcomes by the hub; how many resumed the session; events sent again after a resume. */
@@ -124,12 +140,16 @@ export interface SpokeStats {
 }
 
 export declare const PROTOCOL_VERSION: 1;
+/** The WebSocket subprotocol the spoke offers by default. */
+export declare const SUBPROTOCOL: 'alkpubsub.v1';
+/** A token is offered as the subprotocol `TOKEN_PREFIX + token`. */
+export declare const TOKEN_PREFIX: 'token.';
 /** An __ack is sent after this many data frames, or this many characters of them, received. */
 export declare const ACK_EVERY_FRAMES: 64;
 export declare const ACK_EVERY_CHARS: 65536;
 export declare const DEFAULTS: Readonly<Required<Pick<WebSocketSpokeOptions,
   | 'backoffInitialMs' | 'backoffMaxMs' | 'connectTimeoutMs' | 'outboxLimit'
-  | 'maxFrameBytes' | 'maxBufferedBytes' | 'timeoutMs' | 'closeTimeoutMs' | 'session'
+  | 'maxFrameBytes' | 'maxBufferedBytes' | 'timeoutMs' | 'closeTimeoutMs' | 'session' | 'subprotocol'
   | 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'finalCloseCodes'>>>;
 
 export declare class WebSocketSpoke {
@@ -144,6 +164,8 @@ export declare class WebSocketSpoke {
   readonly spokeId: string | null;
   /** Welcomed by the hub: frames flow. */
   readonly connected: boolean;
+  /** The subprotocol the hub selected on the open connection ('alkpubsub.v1'; '' for none); null while none is open. */
+  readonly protocol: string | null;
   /** close() was called, or the hub refused the spoke for good. */
   readonly closed: boolean;
   /** Events waiting for the next connection. */

@@ -9,9 +9,15 @@
 // backoff (B7). In a session (§5) it counts and acknowledges the data frames it
 // receives, keeps those it sent until the hub acknowledged them, and resumes the
 // session after a reconnect: same spoke id, nothing lost or delivered twice. Its
-// heartbeat (§5) notices a dead or frozen hub within about 4 s. See docs/javascript.md.
+// heartbeat (§5) notices a dead or frozen hub within about 4 s. It offers the
+// `alkpubsub.v1` WebSocket subprotocol, and a token in a second one when asked
+// (`token.<value>`, for the hub's authenticate). See docs/javascript.md.
 
 export const PROTOCOL_VERSION = 1;
+/** The WebSocket subprotocol of docs/protocol.md; the hub selects it when offered. */
+export const SUBPROTOCOL = 'alkpubsub.v1';
+/** A token rides in the subprotocol `TOKEN_PREFIX + token`. */
+export const TOKEN_PREFIX = 'token.';
 
 export const DEFAULTS = Object.freeze({
   backoffInitialMs: 100,
@@ -23,6 +29,7 @@ export const DEFAULTS = Object.freeze({
   timeoutMs: 10_000,
   closeTimeoutMs: 5_000,
   session: true,
+  subprotocol: SUBPROTOCOL,
   heartbeatIntervalMs: 1_000,
   heartbeatTimeoutMs: 3_000,
   // Close codes by which a hub says "never come back": no retry, the spoke closes.
@@ -34,6 +41,9 @@ export const ACK_EVERY_FRAMES = 64;
 export const ACK_EVERY_CHARS = 64 * 1024;
 
 const CONTROL_PREFIX = '__';
+// RFC 6455 §4.1: a subprotocol is an RFC 7230 token (what browsers and `ws` accept).
+const SUBPROTOCOL_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const TOKEN_CHARACTERS = "letters, digits and !#$%&'*+-.^_`|~";
 // E3: non-empty, no ':', no whitespace, no control characters (as the Python side).
 const TYPE_PATTERN = /^[^\s:\x00-\x1f\x7f-\x9f]+$/u;
 // JSON.stringify writes a lone surrogate as a \udXXX escape (and nothing else so):
@@ -201,6 +211,32 @@ function websocketUrl(url) {
   return parsed.href;
 }
 
+/** The extra subprotocols of the `protocols` option, validated. */
+function extraProtocols(protocols) {
+  const list = protocols == null ? [] : typeof protocols === 'string' ? [protocols] : [...protocols];
+  for (const protocol of list) {
+    if (typeof protocol !== 'string' || !SUBPROTOCOL_PATTERN.test(protocol)) {
+      throw new TypeError(`${JSON.stringify(protocol)} is not a valid WebSocket subprotocol (only ${TOKEN_CHARACTERS})`);
+    }
+  }
+  return list;
+}
+
+/** Throws unless `token` can ride in a subprotocol; never shows the token itself (a secret). */
+function checkToken(token) {
+  if (typeof token !== 'string' || token === '') {
+    const got = token === '' ? 'an empty one' : token === null ? 'null' : typeof token;
+    throw new TypeError(`the token must be a non-empty string, not ${got}`);
+  }
+  if (!SUBPROTOCOL_PATTERN.test(token)) {
+    throw new TypeError(
+      `the token has characters a WebSocket subprotocol cannot carry (only ${TOKEN_CHARACTERS}): ` +
+        'encode it, e.g. as base64url',
+    );
+  }
+  return token;
+}
+
 function closeSocket(socket, code = 1000, reason = 'spoke closed') {
   return new Promise((resolve) => {
     if (socket.readyState === CLOSED) return resolve();
@@ -276,7 +312,9 @@ class SentLog {
  */
 export class WebSocketSpoke {
   #WebSocket;
-  #protocols;
+  #protocols; // offered after alkpubsub.v1 and the token (the `protocols` option)
+  #attempt = 0; // the current connection attempt: late token answers of others are ignored
+  #protocol = null; // the subprotocol the hub selected on the open socket
   #options;
   #listeners = new Map(); // topic -> Set of listeners, in registration order
   #hubTopics = new Set(); // topics the hub holds for us (our session's subscriptions)
@@ -326,8 +364,13 @@ export class WebSocketSpoke {
     if (typeof this.#WebSocket !== 'function') {
       throw new TypeError('no WebSocket implementation: pass options.WebSocket (in Node 20, the `ws` package)');
     }
-    this.#protocols = options.protocols;
     this.#options = { ...DEFAULTS, ...options };
+    const { subprotocol, token } = this.#options;
+    if (subprotocol != null && (typeof subprotocol !== 'string' || !SUBPROTOCOL_PATTERN.test(subprotocol))) {
+      throw new TypeError(`${JSON.stringify(subprotocol)} is not a valid WebSocket subprotocol (only ${TOKEN_CHARACTERS})`);
+    }
+    this.#protocols = extraProtocols(options.protocols);
+    if (token != null && typeof token !== 'function') checkToken(token);
     const { backoffInitialMs, backoffMaxMs, outboxLimit, heartbeatIntervalMs, heartbeatTimeoutMs } = this.#options;
     if (!(backoffInitialMs > 0 && backoffMaxMs >= backoffInitialMs)) {
       throw new RangeError('need 0 < backoffInitialMs <= backoffMaxMs');
@@ -353,6 +396,11 @@ export class WebSocketSpoke {
   get spokeId() { return this.#spokeId; }
   /** Welcomed by the hub: frames flow. */
   get connected() { return this.#welcomed; }
+  /**
+   * The subprotocol the hub selected on the open connection (`alkpubsub.v1`; '' when it
+   * selected none); null while no connection is open.
+   */
+  get protocol() { return this.#protocol; }
   /** close() was called (or the hub refused the spoke for good). */
   get closed() { return this.#closed || this.#closeRequested; }
   /** Events waiting for the next connection. */
@@ -495,12 +543,61 @@ export class WebSocketSpoke {
   #connect() {
     if (this.#closed) return;
     this.#stats.attempts += 1;
+    const attempt = ++this.#attempt;
+    const { token, connectTimeoutMs } = this.#options;
+    if (typeof token !== 'function') return this.#dial(attempt, token ?? null);
+    // A token function runs at every attempt, so short-lived tokens stay fresh.
+    let value;
+    try {
+      value = token();
+    } catch (error) {
+      return this.#attemptFailed(attempt, 'the token function failed', error);
+    }
+    if (typeof value?.then !== 'function') return this.#dial(attempt, value, true);
+    const late = () => this.#attemptFailed(attempt, `no token within ${connectTimeoutMs} ms`);
+    this.#linkTimer = setTimeout(late, connectTimeoutMs);
+    Promise.resolve(value).then(
+      (resolved) => this.#dial(attempt, resolved, true),
+      (error) => this.#attemptFailed(attempt, 'the token function failed', error),
+    );
+  }
+
+  /** An attempt that failed before it had a socket: reported, retried with backoff. */
+  #attemptFailed(attempt, why, cause) {
+    if (attempt !== this.#attempt || this.#closed || this.#socket !== null) return;
+    this.#attempt += 1; // whatever this attempt's token function still answers is ignored
+    clearTimeout(this.#linkTimer);
+    const detail = cause === undefined ? '' : `: ${cause?.message ?? cause}`;
+    this.#report(new ConnectionFailedError(`cannot connect to ${this.url}: ${why}${detail}`, { cause }));
+    this.#scheduleReconnect(false);
+  }
+
+  /**
+   * The subprotocols to offer: alkpubsub.v1, the token's, then the `protocols` option's.
+   * A token function must answer a token (a forgotten `return` is no anonymous attempt).
+   */
+  #offer(token, fromFunction) {
+    const offered = [];
+    if (this.#options.subprotocol != null) offered.push(this.#options.subprotocol);
+    if (fromFunction || token !== null) offered.push(TOKEN_PREFIX + checkToken(token));
+    for (const protocol of this.#protocols) if (!offered.includes(protocol)) offered.push(protocol);
+    return offered;
+  }
+
+  #dial(attempt, token, fromFunction = false) {
+    if (attempt !== this.#attempt || this.#closed) return;
+    clearTimeout(this.#linkTimer);
+    let offered;
+    try {
+      offered = this.#offer(token, fromFunction);
+    } catch (error) {
+      return this.#attemptFailed(attempt, 'unusable token', error);
+    }
     let socket;
     try {
-      socket = new this.#WebSocket(this.url, this.#protocols);
+      socket = new this.#WebSocket(this.url, offered.length > 0 ? offered : undefined);
     } catch (error) {
-      this.#report(new ConnectionFailedError(`cannot open ${this.url}: ${error.message}`, { cause: error }));
-      return this.#scheduleReconnect(false);
+      return this.#attemptFailed(attempt, 'cannot open a WebSocket', error);
     }
     socket.binaryType = 'arraybuffer';
     this.#socket = socket;
@@ -522,6 +619,7 @@ export class WebSocketSpoke {
     clearTimeout(this.#linkTimer);
     this.#openedAt = Date.now();
     this.#stats.connections += 1;
+    this.#protocol = typeof socket.protocol === 'string' ? socket.protocol : '';
     // §5: the hello, then nothing until the hub's welcome.
     const { session, heartbeatIntervalMs, connectTimeoutMs } = this.#options;
     const hello = { protocol: PROTOCOL_VERSION };
@@ -612,6 +710,7 @@ export class WebSocketSpoke {
   #lost(socket, code, reason, failure) {
     if (socket !== this.#socket) return;
     this.#socket = null;
+    this.#protocol = null;
     clearTimeout(this.#linkTimer);
     this.#stopHeartbeat();
     const wasWelcomed = this.#welcomed;
@@ -666,6 +765,7 @@ export class WebSocketSpoke {
     this.#welcomed = false;
     this.#spokeId = null;
     this.#token = null;
+    this.#protocol = null;
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#linkTimer);
     this.#stopHeartbeat();

@@ -2,9 +2,10 @@
 //
 // Debian's Chromium, launched by playwright-core (never a downloaded browser), driven
 // by pytest over stdio with the protocol of node_driver.mjs. Each JS spoke lives in its
-// own page (BASE_URL/js/harness.html, served by the test on 127.0.0.1), where
-// harness.mjs runs it with the browser's own WebSocket. Page commands (goto, click,
-// waitForText, text, evaluate, screenshot) drive any other page, such as the example.
+// own page (BASE_URL/js/harness.html, served by the test on 127.0.0.1, or from another
+// origin with the `harness` command), where harness.mjs runs it with the browser's own
+// WebSocket. Page commands (goto, click, fill, waitForText, text, evaluate, screenshot)
+// drive any other page, such as the examples.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,15 +48,18 @@ async function openPage(name, url) {
   return page;
 }
 
-async function harnessPage(name) {
+// A harness page named `name`, from the test's server, or from `url` (another origin).
+async function harnessPage(name, url = `${baseUrl}/js/harness.html`) {
   if (pages.has(name)) return pages.get(name);
-  const page = await openPage(name, `${baseUrl}/js/harness.html`);
+  const page = await openPage(name, url);
   await page.waitForFunction(() => window.harness !== undefined, null, { timeout: 10_000 });
   return page;
 }
 
 const pageOps = {
   goto: async ({ page, url }) => void (await openPage(page, url)),
+  // Spokes named `page` then live in a harness page loaded from `url`.
+  harness: async ({ page, url }) => void (await harnessPage(page, url)),
   click: ({ page, selector }) => pages.get(page).click(selector),
   fill: ({ page, selector, value }) => pages.get(page).fill(selector, value),
   text: ({ page, selector }) => pages.get(page).textContent(selector),

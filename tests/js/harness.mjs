@@ -36,7 +36,7 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
   }
 
   const ops = {
-    create({ spoke, url, options = {}, headers = null, helloPatch = null, followDirect = false }) {
+    create({ spoke, url, options = {}, headers = null, helloPatch = null, followDirect = false, tokens = null }) {
       // HTTP headers on the upgrade: only the `ws` package can (a subclass, as in the docs).
       let Socket = headers === null ? WebSocket : class extends WebSocket {
         constructor(url, protocols) {
@@ -55,6 +55,21 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
           }
         };
       }
+      // A token function (options.token), called at every connection attempt: the next
+      // of `tokens` ({value} or {error}, after delayMs), the last one for ever after.
+      let token = options.token;
+      if (tokens !== null) {
+        let calls = 0;
+        token = async () => {
+          const call = calls++;
+          const { value = null, error = null, delayMs = 0 } = tokens[Math.min(call, tokens.length - 1)];
+          report({ event: 'token', spoke, call, at: Date.now() });
+          if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+          report({ event: 'token-answered', spoke, call, at: Date.now() });
+          if (error !== null) throw new Error(error);
+          return value;
+        };
+      }
       // The docs' way to keep a `direct:` inbox across sessions: move its listener to
       // the new spoke id in onSession, before the spoke subscribes.
       let inbox = null;
@@ -62,6 +77,7 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
       const created = alkpubsub.createWebSocketSpoke(url, {
         WebSocket: Socket,
         ...options,
+        token,
         onConnect: (spokeId) => report({ event: 'connect', spoke, spokeId, at: Date.now() }),
         onDisconnect: (code, reason) => report({ event: 'disconnect', spoke, code, reason, at: Date.now() }),
         onSession: (session) => {
@@ -114,6 +130,7 @@ export function createHarness({ alkpubsub, WebSocket, report }) {
       return {
         connected: target.connected,
         closed: target.closed,
+        protocol: target.protocol,
         spokeId: target.spokeId,
         outboxSize: target.outboxSize,
         unconfirmedSize: target.unconfirmedSize,

@@ -7,6 +7,8 @@ import {
   createWebSocketSpoke,
   HubRefusalError,
   ProtocolComplaintError,
+  SUBPROTOCOL,
+  TOKEN_PREFIX,
   type EventEnvelope,
   type SessionInfo,
   type SpokeEvent,
@@ -45,6 +47,12 @@ export async function example(): Promise<string | null> {
     },
   });
   createWebSocketSpoke('ws://127.0.0.1:8765/', { session: false, heartbeatIntervalMs: null });
+  // The docs' browser auth recipes: a fixed token, a token fetched at every connection.
+  createWebSocketSpoke('/ws', { token: 'eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl', protocols: ['chat.v2'] });
+  createWebSocketSpoke('/ws', {
+    token: async () => (await (await fetch('/token', { method: 'POST' })).json()).token as string,
+  });
+  createWebSocketSpoke('/ws', { token: () => 'static.value', subprotocol: null, protocols: 'other' });
   await spoke.ready(5_000);
   const listener = (event: SpokeEvent<JobStatus>) => console.log(event.type, event.detail.payload.progress + 1);
   spoke.addEventListener<JobStatus>('job.status:42', listener);
@@ -60,6 +68,8 @@ export async function example(): Promise<string | null> {
   const { resumedSessions, resentEvents, gaps, undeliveredEvents, welcomes } = spoke.stats;
   console.log(sent + spoke.unconfirmedSize, resumedSessions + resentEvents + gaps + undeliveredEvents + welcomes);
   console.log(spoke.connected, spoke.closed, spoke.hasSession, spoke.url);
+  const negotiated: string | null = spoke.protocol;
+  console.log(negotiated === SUBPROTOCOL, TOKEN_PREFIX.length);
   await spoke.close();
   return spoke.spokeId;
 }
