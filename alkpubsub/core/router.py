@@ -153,6 +153,7 @@ class ConnectionState(Enum):
 
 _OPEN: Final = ConnectionState.OPEN
 _DETACHED: Final = ConnectionState.DETACHED
+_CLOSING: Final = ConnectionState.CLOSING
 
 
 class HubConnection:
@@ -587,7 +588,9 @@ class HubRouter:
         for conn in subscribers:
             state = conn.state
             if state is not _OPEN and state is not _DETACHED:
-                continue  # cut off during this fan-out or an earlier one
+                if state is _CLOSING:  # cut off during this fan-out or an earlier one
+                    self._keep_for_resume(conn, frame)
+                continue
             queue = conn.queue
             if queue.push(frame) and state is _OPEN:
                 ready.append(conn)
@@ -595,6 +598,18 @@ class HubRouter:
             if queue.nbytes + conn.held > limit:
                 self._over_limit(conn)
         return frame
+
+    def _keep_for_resume(self, conn: HubConnection, frame: bytes) -> None:
+        """An event for a connection whose link is being closed: a session that
+        survives the cut (B8, heartbeat) keeps it for its resume, within
+        ``max_buffered_bytes`` (past it the resume reports a gap)."""
+        if conn.token is None or conn.close_code not in _SESSION_SURVIVES:
+            return
+        if conn.queue.nbytes + conn.held + len(frame) <= self.max_buffered_bytes:
+            conn.queue.push(frame)  # not ready: only the __close is written
+        elif not conn.gap:
+            conn.gap = True
+            self.stats.session_gaps += 1
 
     def _over_limit(self, conn: HubConnection) -> None:
         if conn.state is _DETACHED:
@@ -689,6 +704,10 @@ class HubRouter:
         return cuts
 
     def take_outgoing(self, conn: HubConnection, max_bytes: int | None = None) -> list[bytes]:
+        if conn.state is _CLOSING:
+            # Only the __close goes out on a link being closed; data queued
+            # behind it waits for a resume (a session that survives the cut).
+            return self.take_announcement(conn)
         frames = conn.queue.take(max_bytes)
         sent = conn.sent
         if sent is not None and conn.state is _OPEN and sent.intact:
