@@ -172,6 +172,7 @@ class HubConnection:
         "invalid_frames",
         "last_frames_received",
         "peer",
+        "previous_token",
         "queue",
         "receipts",
         "sent",
@@ -201,6 +202,9 @@ class HubConnection:
         self.invalid_frames = 0
         # Session: token, what we sent it and it did not confirm, what it sent us.
         self.token: str | None = None
+        #: The token its spoke resumed with, valid until the spoke shows it got
+        #: the new one (a welcome lost with its link must not end the session).
+        self.previous_token: str | None = None
         self.sent: SentLog | None = None
         self.receipts: Receipts | None = None
         self.gap = False  # events for it were dropped while it was away
@@ -338,6 +342,8 @@ class HubRouter:
         del self.connections[conn.spoke_id]
         if conn.token is not None:
             self.sessions.pop(conn.token, None)
+        if conn.previous_token is not None:
+            self.sessions.pop(conn.previous_token, None)
         self._detached.pop(conn, None)
         for topic in conn.topics:
             self._drop_subscriber(topic, conn)
@@ -357,6 +363,8 @@ class HubRouter:
         """Handle one message; returns what needs authorization, or a resume."""
         if conn.state is not _OPEN:
             return None
+        if conn.previous_token is not None:
+            self._welcome_confirmed(conn)
         conn.frames_received += 1
         self.stats.received_frames += 1
         try:
@@ -459,8 +467,15 @@ class HubRouter:
         conn.state = ConnectionState.GONE
         self._detached.pop(session, None)
         assert session.token is not None
-        del self.sessions[session.token]
-        session.token = new_token()  # a used token is never valid again
+        assert hello.resume is not None
+        # A used token is never valid again once the spoke has the new one;
+        # until then (the welcome may be lost with this link) it still resumes.
+        for token in (session.token, session.previous_token):
+            if token is not None:
+                del self.sessions[token]
+        session.previous_token = hello.resume
+        self.sessions[hello.resume] = session
+        session.token = new_token()
         self.sessions[session.token] = session
         session.peer = dataclasses.replace(conn.peer, spoke_id=session.spoke_id)
         session.state = _OPEN
@@ -478,7 +493,7 @@ class HubRouter:
             session.sent = SentLog(acked=hello.received)
         caught_up = session.queue.data()
         session.queue.clear()
-        session.gap = False
+        session.gap = gap  # cleared once the spoke shows it got this welcome
         self._hold(session)
         self.stats.sessions_resumed += 1
         self._send_control(
@@ -494,6 +509,15 @@ class HubRouter:
         for frame in (*resend, *caught_up):
             session.queue.push(frame)
         return Resumed(session)
+
+    def _welcome_confirmed(self, conn: HubConnection) -> None:
+        """A frame arrived after a resumed session's welcome: its spoke holds
+        the new token (it sends nothing before the welcome), so the one it
+        resumed with is spent, and the gap was reported."""
+        assert conn.previous_token is not None
+        self.sessions.pop(conn.previous_token, None)
+        conn.previous_token = None
+        conn.gap = False
 
     def _acked(self, conn: HubConnection, envelope: EventEnvelope) -> None:
         sent = conn.sent
