@@ -318,7 +318,9 @@ async def test_b10_truncated_frame_then_reset_is_survived(hub: IrohHub) -> None:
             await heard.wait_for_count(1)
             assert heard.payloads == ["still flowing"]
             await bad.aclose()
-        assert watched.stats.invalid_frames == 1
+        # A stream reset inside a frame is a lost link, not a framing violation
+        # (a session would survive it: tests/faults/test_iroh_faults.py).
+        assert watched.stats.invalid_frames == 0
 
 
 # -- event loops and the write fast path ---------------------------------------------

@@ -332,6 +332,15 @@ class _Upstream(asyncio.DatagramProtocol):
         self.client = client
         self.transport: asyncio.DatagramTransport | None = None
 
+    def send(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # being opened: lost, as UDP may be
+        if isinstance(self.proxy.target, str):
+            # Not connected: a restarted hub's relay is a new socket at the same path.
+            self.transport.sendto(data, self.proxy.target)
+        else:
+            self.transport.sendto(data)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
@@ -387,9 +396,9 @@ class UdpFaultProxy(asyncio.DatagramProtocol):
             task = asyncio.ensure_future(self._open(upstream, data))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        elif upstream.transport is not None:
+        else:
             self.forwarded += 1
-            upstream.transport.sendto(data)
+            upstream.send(data)
 
     async def _open(self, upstream: _Upstream, first: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -398,15 +407,13 @@ class UdpFaultProxy(asyncio.DatagramProtocol):
             await loop.create_datagram_endpoint(
                 lambda: upstream,
                 local_addr=os.path.join(self._unix_dir, f"c{self._clients}"),
-                remote_addr=self.target,
                 family=socket.AF_UNIX,
             )
         else:
             await loop.create_datagram_endpoint(
                 lambda: upstream, local_addr=("127.0.0.1", 0), remote_addr=self.target
             )
-        assert upstream.transport is not None
-        upstream.transport.sendto(first)
+        upstream.send(first)
 
     def to_client(self, data: bytes, client: tuple[str, int]) -> None:
         if self.blackholed or self.transport is None:
@@ -433,6 +440,33 @@ class UdpFaultProxy(asyncio.DatagramProtocol):
             shutil.rmtree(self._unix_dir, ignore_errors=True)
 
 
+class LinkWatch:
+    """Tells a test when an in-process hub's links end (``router.link_lost``),
+    and whether their sessions were kept for a resume."""
+
+    def __init__(self, hub: Any) -> None:
+        router = hub.router
+        original = router.link_lost
+        self.ended: dict[str, tuple[bool, float]] = {}
+        self._changed = asyncio.Event()
+
+        def link_lost(conn: Any, normal_close: bool) -> bool:
+            kept: bool = original(conn, normal_close)
+            self.ended[conn.spoke_id] = (kept, time.monotonic())
+            self._changed.set()
+            return kept
+
+        router.link_lost = link_lost
+
+    async def lost(self, spoke_id: str, timeout: float = REPORT_TIMEOUT) -> bool:
+        """Wait until ``spoke_id``'s link ended; True if its session was kept."""
+        async with asyncio.timeout(timeout):
+            while spoke_id not in self.ended:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.ended[spoke_id][0]
+
+
 def dump_reports(name: str, children: list[Child]) -> None:
     """With ``ALKPUBSUB_FAULTS_DUMP=DIR``, write every report of ``children``
     to ``DIR/name.json`` (for a post-mortem of a failed run)."""
@@ -440,3 +474,5 @@ def dump_reports(name: str, children: list[Child]) -> None:
     if directory:
         reports = {child.name: child.reports for child in children}
         Path(directory, f"{name}.json").write_text(json.dumps(reports))
+        for child in children:
+            Path(directory, f"{name}.{child.name}.stderr").write_bytes(child.stderr)

@@ -1,0 +1,84 @@
+"""Raw clients that speak bytes to a hub: what a broken or hostile peer sends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from alkpubsub.core.codec import FrameDecoder, pack_frames
+from alkpubsub.testing import within
+
+
+def envelope(type_: str, payload: Any = None, id_: str = "") -> bytes:
+    return json.dumps({"type": type_, "id": id_, "payload": payload}).encode()
+
+
+HELLO_SESSION = envelope("__hello", {"protocol": 1, "session": True})
+
+
+class RawIroh:
+    """A hand-driven Iroh client: one connection, one bi stream (or more)."""
+
+    def __init__(self, endpoint: Any, connection: Any, stream: Any) -> None:
+        self.endpoint = endpoint
+        self.connection = connection
+        self.send = stream.send()
+        self.recv = stream.recv()
+        self.decoder = FrameDecoder(64 * 1024 * 1024)
+        self.frames: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, ticket: str, secret_key: bytes | None = None) -> RawIroh:
+        from iroh import EndpointTicket
+
+        from alkpubsub.transports.iroh import ALPN, bind_endpoint
+
+        endpoint = await bind_endpoint(
+            secret_key=secret_key,
+            bind_addr="127.0.0.1:0",
+            alpns=[],
+            relay_mode=None,
+            preset=None,
+        )
+        addr = EndpointTicket.from_string(ticket).endpoint_addr()
+        connection = await within(endpoint.connect(addr, ALPN))
+        stream = await within(connection.open_bi())
+        return cls(endpoint, connection, stream)
+
+    async def write(self, data: bytes) -> None:
+        await within(self.send.write_all(data))
+
+    async def write_frames(self, *frames: bytes) -> None:
+        await self.write(pack_frames(list(frames)))
+
+    async def read_until(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Read frames until one of ``type_`` arrives; returns it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for index, frame in enumerate(self.frames):
+                    if frame["type"] == type_:
+                        del self.frames[: index + 1]
+                        return frame
+                chunk = await self.recv.read(65536)
+                if not chunk:
+                    raise ConnectionError("stream finished")
+                self.frames += [json.loads(f) for f in self.decoder.feed(chunk)]
+
+    async def close_code(self, timeout: float = 10.0) -> int | None:
+        """Read until the hub ends the connection; the code it closed with."""
+        from iroh import IrohError
+
+        from alkpubsub.transports.iroh import close_code_of
+
+        try:
+            async with asyncio.timeout(timeout):
+                while chunk := await self.recv.read(65536):
+                    self.frames += [json.loads(f) for f in self.decoder.feed(chunk)]
+        except IrohError as exc:
+            return close_code_of(exc)
+        return None
+
+    async def aclose(self) -> None:
+        self.connection.close(0, b"")
+        await self.endpoint.close()
