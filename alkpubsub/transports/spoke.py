@@ -134,6 +134,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._on_session = on_session
         self._on_undelivered = on_undelivered
         self._supervisor: asyncio.Task[None] | None = None
+        self._closing_links: set[asyncio.Task[None]] = set()  # links given up on
         self._wake = asyncio.Event()  # the writer's: the queue has frames
         self._state_changed = asyncio.Event()  # replaced at every transition
         self._drained = asyncio.Event()
@@ -311,6 +312,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        # Each bounded by the link's own close timeout.
+        await asyncio.gather(*self._closing_links, return_exceptions=True)
         if undelivered:
             self._report_undelivered(undelivered, "the target closed before the hub confirmed them")
 
@@ -400,9 +403,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 forwarder.connection_lost()
                 self._changed()
             self._resolve_pings(False)
-            # A link given up on is closed as such, so that the hub keeps the
-            # session for a resume; only closing the spoke ends it.
-            await link.close(CloseCode.NORMAL if self._closed else CloseCode.RECONNECTING)
+            if self._closed:
+                await link.close(CloseCode.NORMAL)  # only closing the spoke ends the session
+            else:
+                # A link given up on is closed as such, so that the hub keeps
+                # the session for a resume; without waiting for the closing
+                # handshake, which a dead or frozen hub never answers: the
+                # report and the reconnect would wait for the close timeout.
+                closing = asyncio.ensure_future(link.close(CloseCode.RECONNECTING))
+                self._closing_links.add(closing)
+                closing.add_done_callback(self._closing_links.discard)
         return reason
 
     async def _watch(self) -> None:
