@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -42,6 +43,8 @@ class Driver:
         self.received: dict[str, list[int]] = {}
         self.progress = asyncio.Event()
         self.published = 0
+        self.last_event_at = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
         options: dict[str, Any] = json.loads(args.options)
         options.update(
             on_session=self.on_session,
@@ -58,9 +61,19 @@ class Driver:
             gap=info.gap,
             undelivered=info.undelivered,
         )
+        if self.args.role == "sub":
+            # Reported once the hub processed the (re)subscription.
+            task = asyncio.ensure_future(self.subscribed())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def subscribed(self) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await self.spoke.flush(5.0)
+            report("subscribed", spoke_id=self.spoke.spoke_id)
 
     def on_disconnect(self, reason: BaseException | None) -> None:
-        report("disconnect", reason=describe(reason))
+        report("disconnect", reason=describe(reason), last_event_at=self.last_event_at)
 
     def on_undelivered(self, envelopes: list[EventEnvelope]) -> None:
         seqs = [e.payload["s"] for e in envelopes if isinstance(e.payload, dict)]
@@ -70,6 +83,7 @@ class Driver:
     def on_event(self, event: Event) -> None:
         payload = event.detail.payload
         self.received.setdefault(payload["p"], []).append(payload["s"])
+        self.last_event_at = time.monotonic()
         self.progress.set()
 
     async def publish(self, rate: float, count: int) -> None:
