@@ -688,9 +688,11 @@ class HubRouter:
 
     # -- time -----------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self) -> list[HubConnection]:
         """One ``tick_interval`` passed: cut spokes whose heartbeat stopped,
-        expire sessions whose grace ran out, keep detached sessions in budget."""
+        expire sessions whose grace ran out, keep detached sessions in budget.
+        Returns the sessions that ended (their spokes are gone for good)."""
+        expired: list[HubConnection] = []
         for conn in list(self.connections.values()):
             state = conn.state
             if state is _OPEN and conn.heartbeat_ticks is not None:
@@ -707,12 +709,15 @@ class HubRouter:
                 if conn.expires_in <= 0:
                     self.stats.sessions_expired += 1
                     self.disconnect(conn)
+                    expired.append(conn)
         total = sum(conn.buffered_bytes for conn in self._detached)
         while total > self.max_detached_bytes and self._detached:
             oldest = next(iter(self._detached))
             total -= oldest.buffered_bytes
             self.stats.sessions_expired += 1
             self.disconnect(oldest)
+            expired.append(oldest)
+        return expired
 
     # -- what the shell pulls ------------------------------------------------------
 

@@ -31,6 +31,7 @@ from ..core.router import (
     DEFAULT_MAX_TOPICS_PER_CONNECTION,
     DEFAULT_SESSION_GRACE,
     Action,
+    ConnectionState,
     HubConnection,
     HubRouter,
     HubStats,
@@ -165,6 +166,7 @@ class HubTarget(BaseEventTarget):
         # caller's task, which we never cancel.
         self._io_tasks: set[asyncio.Future[None]] = set()
         self._serving: set[asyncio.Future[None]] = set()
+        self._closings: set[asyncio.Task[None]] = set()  # links the hub is closing
         self._acceptors: list[Acceptor] = []
         self._reported_bugs: set[type[BaseException]] = set()
 
@@ -224,7 +226,10 @@ class HubTarget(BaseEventTarget):
         if conn is None:
             return False
         served = self._served.get(conn)
+        detached = conn.state is ConnectionState.DETACHED
         self.router.close_connection(conn, code, reason or "disconnected by the hub")
+        if detached:  # a session waiting for its spoke: it ends here
+            self._disconnected(conn)
         self._service()
         if served is not None and served.closing is not None:
             await asyncio.shield(served.closing)
@@ -262,10 +267,12 @@ class HubTarget(BaseEventTarget):
         for acceptor in self._acceptors:
             await acceptor.stop()
         for conn in list(self.router.connections.values()):
+            detached = conn.state is ConnectionState.DETACHED
             self.router.close_connection(conn, CloseCode.GOING_AWAY, "hub closing")
+            if detached:
+                self._disconnected(conn)
         self._service()
-        closing = [served.closing for served in self._served.values() if served.closing]
-        await asyncio.gather(*closing, return_exceptions=True)
+        await asyncio.gather(*self._closings, return_exceptions=True)
         for task in list(self._io_tasks):
             task.cancel()
         # Every serve_link returns once its reader and writer are gone.
@@ -354,15 +361,18 @@ class HubTarget(BaseEventTarget):
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
-            if served.closing is not None:  # the hub is closing it: let it finish
-                await asyncio.gather(served.closing, return_exceptions=True)
             # The finished tasks hold their exceptions, whose tracebacks hold the
             # link's frames; with served they form a cycle that would keep the
             # connection (for Iroh: its endpoint's socket) alive until the cyclic
             # garbage collector runs.
             served.tasks = ()
-            served.closing = None
+            closing, served.closing = served.closing, None
+            # The router lets go of the link now: a session cut off for
+            # silence (4408) or slowness (1013) can be resumed at once, not
+            # only once a peer that does not answer let its close time out.
             self._link_ended(served, normal_close)
+            if closing is not None:  # the hub is closing the link: let it finish
+                await asyncio.gather(closing, return_exceptions=True)
             done.set_result(None)
             self._serving.discard(done)
 
@@ -472,25 +482,36 @@ class HubTarget(BaseEventTarget):
             logger.warning("closing spoke %s with %s: %s", conn.spoke_id, code, conn.close_reason)
         served = self._served.get(conn)
         if served is not None and served.closing is None:
-            served.closing = self.spawn(self._close_link(served))
+            # Taken now: the router may let go of the connection (a detached
+            # session keeps only its data) before the link is closed.
+            announcement = self.router.take_announcement(conn)
+            closing = self.spawn(
+                self._close_link(
+                    served, announcement, conn.close_code or CloseCode.NORMAL, conn.close_reason
+                )
+            )
+            served.closing = closing
+            self._closings.add(closing)
+            closing.add_done_callback(self._closings.discard)
 
-    async def _close_link(self, served: _Served) -> None:
+    async def _close_link(
+        self, served: _Served, announcement: list[bytes], code: int, reason: str
+    ) -> None:
         """Stop the writer, send the router's ``__close`` announcement, then
         close the link with its code; bounded by ``close_timeout`` for a peer
         that stopped reading."""
-        conn, link = served.conn, served.link
+        link = served.link
         writer = served.tasks[1] if len(served.tasks) > 1 else None
         if writer is not None:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        announcement = self.router.take_announcement(conn)
         if announcement:
             try:
                 async with asyncio.timeout(self.close_timeout):
                     await link.send(announcement)
             except LINK_ERRORS:
                 pass  # the close below still tells the reason where the link can
-        await link.close(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+        await link.close(code, reason)
 
     async def _read_loop(self, served: _Served) -> None:
         router = self.router
@@ -549,7 +570,8 @@ class HubTarget(BaseEventTarget):
         """Tick the router: heartbeats that stopped, sessions whose grace ran out."""
         while True:
             await asyncio.sleep(self.tick_interval)
-            self.router.tick()
+            for conn in self.router.tick():
+                self._disconnected(conn)  # a session whose grace period ran out
             self._service()
 
 

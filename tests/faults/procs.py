@@ -91,9 +91,12 @@ async def start_spoke(
     address: list[str],
     options: dict[str, Any] | None = None,
     topic: str = "seq:all",
+    direct: bool = False,
 ) -> Child:
     args = [*address, "--role", role, "--name", name, "--topic", topic]
     args += ["--options", json.dumps(options or {})]
+    if direct:
+        args.append("--direct")
     return await children.start(name, "spoke.py", *args)
 
 

@@ -79,6 +79,62 @@ class RawIroh:
             return close_code_of(exc)
         return None
 
+    async def drop(self, code: int = 4000) -> None:
+        """Give the link up as a spoke does (4000: it will resume)."""
+        self.connection.close(code, b"")
+
     async def aclose(self) -> None:
         self.connection.close(0, b"")
         await self.endpoint.close()
+
+
+class RawWs:
+    """A hand-driven WebSocket client (``websockets``), frames as JSON text."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, url: str, **options: Any) -> RawWs:
+        from websockets.asyncio.client import connect
+
+        return cls(await within(connect(url, compression=None, **options)))
+
+    async def write_frames(self, *frames: bytes) -> None:
+        for frame in frames:
+            await within(self.ws.send(frame.decode()))
+
+    async def read_until(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for index, frame in enumerate(self.frames):
+                    if frame["type"] == type_:
+                        del self.frames[: index + 1]
+                        return frame
+                self.frames.append(json.loads(await self.ws.recv()))
+
+    async def close_code(self, timeout: float = 10.0) -> int | None:
+        """Read until the hub closes the connection; its close code."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self.frames.append(json.loads(await self.ws.recv()))
+        except ConnectionClosed as exc:
+            return None if exc.rcvd is None else int(exc.rcvd.code)
+
+    async def drop(self, code: int = 4000) -> None:
+        """Give the link up as a spoke does (4000: it will resume)."""
+        await within(self.ws.close(code))
+
+    async def aclose(self) -> None:
+        self.ws.transport.abort()
+
+
+def hello(resume: str | None = None, received: int = 0) -> bytes:
+    payload: dict[str, Any] = {"protocol": 1, "session": True}
+    if resume is not None:
+        payload.update(resume=resume, received=received)
+    return envelope("__hello", payload)

@@ -122,6 +122,8 @@ class Driver:
         await spoke.start()
         if self.args.role == "sub":
             spoke.add_event_listener(self.args.topic, self.on_event)
+            if self.args.direct:
+                spoke.add_event_listener(f"direct:{spoke.spoke_id}", self.on_event)
             await spoke.flush()
         report("ready", spoke_id=spoke.spoke_id, endpoint_id=getattr(spoke, "_endpoint_id", None))
         publishing: asyncio.Task[None] | None = None
@@ -183,6 +185,7 @@ async def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--topic", default="seq:all")
     parser.add_argument("--options", default="{}", help="JSON of spoke options")
+    parser.add_argument("--direct", action="store_true", help="also listen to its direct: inbox")
     args = parser.parse_args()
     setup_logging()
     await Driver(args).run()
