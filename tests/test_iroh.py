@@ -85,7 +85,9 @@ class RawIrohPeer:
                 pass
         except iroh.IrohError as exc:
             return close_code_of(exc)
-        return None
+        # A slow consumer's stream is finished after the __close frame, then
+        # the connection is closed with the code.
+        return close_code_of(await within(self.connection.closed()))
 
     async def aclose(self) -> None:
         self.connection.close(0, b"")

@@ -70,6 +70,10 @@ Authenticate = Callable[[ConnectRequest], bool | int | Awaitable[bool | int]]
 
 #: How often the router is ticked: heartbeat checks and session expiry.
 DEFAULT_TICK_INTERVAL = 1.0
+#: How long a subscriber cut off for reading too slowly (1013) keeps its
+#: connection to read what was sent before the cut and the ``__close`` that
+#: says why (its buffers stay bounded by B8 meanwhile).
+DEFAULT_SLOW_CONSUMER_LINGER = 10.0
 
 
 class Acceptor(Protocol):
@@ -135,11 +139,13 @@ class HubTarget(BaseEventTarget):
         on_error: Callable[[BaseException], None] | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         close_timeout: float = 2.0,
+        slow_consumer_linger: float = DEFAULT_SLOW_CONSUMER_LINGER,
     ) -> None:
         super().__init__()
-        if close_timeout <= 0:
-            raise ValueError("close_timeout must be positive")
+        if close_timeout <= 0 or slow_consumer_linger <= 0:
+            raise ValueError("close_timeout and slow_consumer_linger must be positive")
         self.close_timeout = close_timeout
+        self.slow_consumer_linger = slow_consumer_linger
         self.router = HubRouter(
             max_frame_bytes=max_frame_bytes,
             max_buffered_bytes=max_buffered_bytes,
@@ -506,9 +512,16 @@ class HubTarget(BaseEventTarget):
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
         if announcement:
+            # A slow consumer gets time to read what was already sent to it
+            # and then the reason; anyone else gets the closing handshake's.
+            slow = code == CloseCode.TRY_AGAIN_LATER
+            linger = self.slow_consumer_linger if slow else self.close_timeout
             try:
-                async with asyncio.timeout(self.close_timeout):
+                async with asyncio.timeout(linger):
                     await link.send(announcement)
+                    finish = getattr(link, "finish", None)  # optional: see IrohLink.finish
+                    if slow and finish is not None:
+                        await finish()
             except LINK_ERRORS:
                 pass  # the close below still tells the reason where the link can
         await link.close(code, reason)

@@ -184,7 +184,7 @@ class EndpointHolder:
             del endpoint
 
 
-def describe(error: BaseException) -> str:
+def describe(error: BaseException | str) -> str:
     """``str(IrohError)`` is empty; the details live in ``message()``."""
     message = getattr(error, "message", None)
     if callable(message):
@@ -193,8 +193,9 @@ def describe(error: BaseException) -> str:
     return str(error) or repr(error)
 
 
-def close_code_of(error: BaseException) -> int | None:
-    """The application close code carried by a connection-lost error, if any."""
+def close_code_of(error: BaseException | str) -> int | None:
+    """The application close code carried by a connection-lost error (or a
+    ``Connection.closed()`` / ``close_reason()`` string), if any."""
     match = _CLOSE_CODE.search(describe(error))
     if match is None:
         return None
@@ -267,6 +268,21 @@ class IrohLink:
 
     def transport_buffered(self) -> int:
         return 0  # write_all returns once quinn accepted the bytes (flow control)
+
+    async def finish(self) -> None:
+        """Send nothing more, and return once the peer's QUIC stack has
+        acknowledged everything sent: a close then no longer drops it (the hub
+        uses this before cutting a slow consumer off, so that it reads why)."""
+        send = self._send
+        if send is None:
+            raise ConnectionError("iroh link is closed")
+        try:
+            await send.finish()
+            await send.stopped()
+        except IrohError as exc:
+            raise ConnectionError(f"iroh stream finish failed: {describe(exc)}") from None
+        finally:
+            del send
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if self._closed:

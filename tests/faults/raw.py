@@ -75,9 +75,11 @@ class RawIroh:
             async with asyncio.timeout(timeout):
                 while chunk := await self.recv.read(65536):
                     self.frames += [json.loads(f) for f in self.decoder.feed(chunk)]
+                # Finished (a slow consumer, after the __close frame): the code
+                # comes with the connection's close.
+                return close_code_of(await self.connection.closed())
         except IrohError as exc:
             return close_code_of(exc)
-        return None
 
     async def drop(self, code: int = 4000) -> None:
         """Give the link up as a spoke does (4000: it will resume)."""
