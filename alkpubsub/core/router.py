@@ -417,7 +417,7 @@ class HubRouter:
         if self._is_foreign_direct(conn, topic):
             self.refuse(conn, "subscribe", topic, "direct topics belong to their spoke")
             return None
-        size = len(topic.encode("utf-8", "surrogatepass"))
+        size = _utf8_size(topic)
         if size > self.max_topic_bytes:
             self.stats.refused += 1
             message = f"topics are at most {self.max_topic_bytes} bytes"
@@ -551,13 +551,13 @@ class HubRouter:
         if conn.state is not _OPEN or topic in conn.topics:
             return
         conn.topics.add(topic)
-        conn.topic_bytes += len(topic)
+        conn.topic_bytes += _utf8_size(topic)
         self.subscriptions.setdefault(topic, {})[conn] = None
 
     def unsubscribe(self, conn: HubConnection, topic: str) -> None:
         if topic in conn.topics:
             conn.topics.discard(topic)
-            conn.topic_bytes -= len(topic)
+            conn.topic_bytes -= _utf8_size(topic)
             self._drop_subscriber(topic, conn)
 
     def refuse(self, conn: HubConnection, action: Action, topic: str, message: str = "") -> None:
@@ -778,3 +778,9 @@ class HubRouter:
             return
         if conn.queue.push(ControlFrame(encode_envelope(envelope, self.max_frame_bytes))):
             self.ready.append(conn)
+
+
+def _utf8_size(topic: str) -> int:
+    """What a topic weighs against the budgets: its UTF-8 size, never less
+    than what CPython stores for it."""
+    return len(topic.encode("utf-8", "surrogatepass"))
