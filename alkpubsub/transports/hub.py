@@ -531,6 +531,10 @@ class HubTarget(BaseEventTarget):
         async for message in served.link.messages():
             conn = served.conn
             request = router.receive(conn, message)
+            # Neither the frame nor what was decoded from it (CPython objects
+            # cost up to ~25 times their JSON) stays referenced while the loop
+            # waits for the next frame: an idle connection pinned both.
+            del message
             if request is not None:
                 if isinstance(request, Resumed):
                     self._resumed(served, request.session)
@@ -538,6 +542,7 @@ class HubTarget(BaseEventTarget):
                     router.apply(conn, request)
                 else:
                     await self._authorize_and_apply(conn, request)
+                del request
             if not served.announced and conn.greeted and conn.open:
                 self._announce(served)
             if router.ready or router.cuts:

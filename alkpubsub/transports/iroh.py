@@ -263,8 +263,13 @@ class IrohLink:
                 if not decoder.at_frame_boundary():
                     raise FramingError("stream finished inside a frame")
                 return
-            for frame in decoder.feed(chunk):
-                yield frame
+            # Popped, so that neither the chunk nor its last frame stays
+            # referenced while the next read waits.
+            frames = decoder.feed(chunk)
+            del chunk
+            frames.reverse()
+            while frames:
+                yield frames.pop()
 
     def transport_buffered(self) -> int:
         return 0  # write_all returns once quinn accepted the bytes (flow control)

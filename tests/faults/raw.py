@@ -11,7 +11,8 @@ from alkpubsub.testing import within
 
 
 def envelope(type_: str, payload: Any = None, id_: str = "") -> bytes:
-    return json.dumps({"type": type_, "id": id_, "payload": payload}).encode()
+    frame = {"type": type_, "id": id_, "payload": payload}
+    return json.dumps(frame, separators=(",", ":")).encode()
 
 
 HELLO_SESSION = envelope("__hello", {"protocol": 1, "session": True})
@@ -32,8 +33,10 @@ class RawIroh:
     async def open(cls, ticket: str, secret_key: bytes | None = None) -> RawIroh:
         from iroh import EndpointTicket
 
+        from alkpubsub.transports._iroh_fastpath import install_fast_write
         from alkpubsub.transports.iroh import ALPN, bind_endpoint
 
+        install_fast_write(True)  # megabytes go out fast (checked byte for byte)
         endpoint = await bind_endpoint(
             secret_key=secret_key,
             bind_addr="127.0.0.1:0",
@@ -47,7 +50,14 @@ class RawIroh:
         return cls(endpoint, connection, stream)
 
     async def write(self, data: bytes) -> None:
-        await within(self.send.write_all(data))
+        from iroh import IrohError
+
+        from alkpubsub.transports.iroh import describe
+
+        try:
+            await within(self.send.write_all(data))
+        except IrohError as exc:
+            raise ConnectionError(f"write failed: {describe(exc)}") from None
 
     async def write_frames(self, *frames: bytes) -> None:
         await self.write(pack_frames(list(frames)))
