@@ -171,3 +171,27 @@ async def test_every_session_end_is_reported_once(transport: str) -> None:
     assert await within(wrapper.disconnected.get()) == remaining  # the hub closed
     assert sorted(wrapper.connected) == sorted(ids)
     assert wrapper.disconnected.empty()
+
+
+async def test_the_spoke_id_is_known_when_start_returns_and_kept_on_resume(hub: Hub) -> None:
+    """Defect 6: ``spoke_id`` was None when ``start()`` returned."""
+    links = LinkWatch(hub.hub)
+    heard = Recorder()
+    resumed = asyncio.Event()
+    on_session = lambda info: info.resumed and resumed.set()  # noqa: E731
+    async with hub.spoke(on_session=on_session) as spoke:
+        assert spoke.spoke_id is not None
+        assert spoke.spoke_id in hub.connected
+        first = spoke.spoke_id
+        spoke.add_event_listener(f"direct:{first}", heard)
+        await within(spoke.flush())
+        # The hub cuts the link the way a lost network would end it (4408): the
+        # spoke resumes its session, same id, and its direct: inbox still works.
+        conn = hub.hub.router.connections[first]
+        hub.hub.router._cut(conn, CloseCode.HEARTBEAT_TIMEOUT, "test")
+        hub.hub._service()
+        assert await links.lost(first)
+        await within(resumed.wait())
+        assert spoke.spoke_id == first
+        hub.hub.dispatch_event(make_event("direct", first, "after the resume"))
+        await heard.wait_for_count(1)
