@@ -1,14 +1,17 @@
-"""Issue 9: a dead or frozen hub, and a dead or frozen spoke, are noticed
-within 5 s with the default heartbeats, on both transports, and the reason
-reaches the application at once."""
+"""Issue 9: how spokes notice a frozen hub and a slow network, through the
+TCP fault proxy (stall, delay, bandwidth cap). Hubs and spokes killed or
+frozen in processes of their own: test_hub_faults.py, test_spoke_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from alkpubsub.core.errors import ConnectionLostError
-from alkpubsub.testing import within
+from alkpubsub import make_event
+from alkpubsub.core.close import CloseCode
+from alkpubsub.core.errors import ConnectionLostError, LinkClosedError
+from alkpubsub.testing import Recorder, within
+from alkpubsub.transports.spoke import SessionInfo
 from alkpubsub.transports.ws import WebSocketHub, WebSocketSpoke
 
 from .support import TcpFaultProxy
@@ -39,3 +42,62 @@ async def test_a_frozen_hub_is_reported_without_waiting_for_the_closing_handshak
     assert isinstance(reason, ConnectionLostError)
     # The heartbeat's own bound (timeout + one interval), far below the 2 s close timeout.
     assert at - stalled_at < 0.6 + 0.2 + 0.5
+
+
+async def test_a_slow_network_is_not_taken_for_a_dead_hub() -> None:
+    """400 ms each way (the default heartbeat gives up after 3 s of silence):
+    the link stays up and every event arrives, in order."""
+    disconnects: list[BaseException | None] = []
+    async with WebSocketHub(port=0) as hub:
+        proxy = await TcpFaultProxy(int(hub.url.rsplit(":", 1)[1].strip("/"))).start()
+        spoke = WebSocketSpoke(proxy.url, on_disconnect=disconnects.append)
+        heard = Recorder()
+        try:
+            await spoke.start()
+            spoke.add_event_listener("t:1", heard)
+            await within(spoke.flush())
+            proxy.delay = 0.4
+            for n in range(10):  # 4 s: longer than the heartbeat timeout
+                hub.dispatch_event(make_event("t", "1", n))
+                await asyncio.sleep(0.4)  # pacing the publisher
+            await heard.wait_for_count(10)
+        finally:
+            proxy.delay = 0
+            await spoke.aclose()
+            await proxy.aclose()
+    assert heard.payloads == list(range(10))
+    assert disconnects == []
+    assert spoke.connections_made == 1
+
+
+async def test_a_subscriber_behind_a_slow_link_is_cut_with_1013_and_resumes_with_a_gap() -> None:
+    reasons: asyncio.Queue[BaseException | None] = asyncio.Queue()
+    sessions: list[SessionInfo] = []
+    cut = asyncio.Event()
+    async with WebSocketHub(port=0, on_backpressure=lambda peer, n: cut.set()) as hub:
+        proxy = await TcpFaultProxy(int(hub.url.rsplit(":", 1)[1].strip("/"))).start()
+        spoke = WebSocketSpoke(
+            proxy.url, on_disconnect=reasons.put_nowait, on_session=sessions.append
+        )
+        try:
+            await spoke.start()
+            spoke.add_event_listener("t:1", Recorder())
+            await within(spoke.flush())
+            proxy.bytes_per_second = 100_000  # far less than what is published
+            sent = 0
+            while not cut.is_set() and sent < 2_000:
+                hub.dispatch_event(make_event("t", "1", {"n": sent, "pad": "x" * 60_000}))
+                sent += 1
+                await asyncio.sleep(0)  # the hub writes; it never blocks a publisher
+            assert cut.is_set()
+            proxy.bytes_per_second = None  # the link recovers
+            reason = await within(reasons.get(), 30)
+            await within(spoke.wait_connected())
+            await within(spoke.flush())
+        finally:
+            await spoke.aclose()
+            await proxy.aclose()
+    assert isinstance(reason, LinkClosedError)
+    assert reason.code == CloseCode.TRY_AGAIN_LATER
+    assert sessions[-1].resumed
+    assert sessions[-1].gap

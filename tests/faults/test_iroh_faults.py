@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from alkpubsub import make_event
 from alkpubsub.core.codec import prefix_frame
 from alkpubsub.core.router import ConnectionState
-from alkpubsub.testing import within
-from alkpubsub.transports.iroh import IrohHub
+from alkpubsub.testing import Recorder, within
+from alkpubsub.transports.iroh import IrohHub, IrohSpoke
 
+from .procs import HubProcess
 from .raw import HELLO_SESSION, RawIroh, envelope
-from .support import LinkWatch
+from .support import Children, LinkWatch, UdpFaultProxy
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -42,3 +44,36 @@ async def test_a_link_broken_inside_a_frame_keeps_its_session(hub: IrohHub) -> N
     session = hub.router.connections[spoke_id]
     assert session.state is ConnectionState.DETACHED
     assert session.close_code is None
+
+
+async def test_a_path_change_through_the_proxy_keeps_the_connection(children: Children) -> None:
+    """A NAT rebinding: the spoke's address as the hub sees it changes (the
+    proxy sends from a new socket) while events flow; QUIC migrates the path,
+    the link stays up, nothing is lost. (A proxy in the hub's own namespace
+    would be bypassed: iroh finds the direct path, see docs/limits.md.)"""
+    hub = await HubProcess("iroh", own_netns=True).start(children)
+    proxy = await UdpFaultProxy(hub.relay).start()
+    disconnects: list[BaseException | None] = []
+    spoke = IrohSpoke(
+        hub.endpoint_id,
+        hub_addresses=[proxy.address],
+        heartbeat_interval=0.2,
+        heartbeat_timeout=0.6,
+        on_disconnect=disconnects.append,
+    )
+    try:
+        await spoke.start()
+        heard = Recorder()
+        spoke.add_event_listener("x:1", heard)
+        await within(spoke.flush())
+        for n in range(3):
+            proxy.rebind()
+            spoke.dispatch_event(make_event("x", "1", n))
+            await heard.wait_for_count(n + 1)
+            await within(spoke.flush())  # a round trip on the new path
+    finally:
+        await spoke.aclose()
+        await proxy.aclose()
+    assert heard.payloads == [0, 1, 2]
+    assert disconnects == []
+    assert spoke.connections_made == 1
