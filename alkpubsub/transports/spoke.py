@@ -48,6 +48,9 @@ from .link import LINK_ERRORS, Link, write_loop
 
 __all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
+#: How long a spoke whose write failed waits for its reader to say why the link ended.
+READER_GRACE = 0.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -381,19 +384,26 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._kick()
         if forwarder.state is SpokeState.OPEN:  # no hello: nothing to wait for
             call_user(self._on_connect, log=logger)
-        tasks = {
-            asyncio.ensure_future(
-                write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
-            ),
-            asyncio.ensure_future(self._read_loop(link)),
-            asyncio.ensure_future(self._watch()),
-        }
+        reader = asyncio.ensure_future(self._read_loop(link))
+        writer = asyncio.ensure_future(
+            write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
+        )
+        tasks = {reader, writer, asyncio.ensure_future(self._watch())}
         reason: BaseException | None = None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    reason = task.exception()
+            if writer in done and reader not in done:
+                # A write failed: the reader, which sees the close code or the
+                # loss itself, tells why better ("websocket is not open" vs
+                # ConnectionLostError or LinkClosedError); it ends at once.
+                await asyncio.wait({reader}, timeout=READER_GRACE)
+                done = {task for task in tasks if task.done()}
+            if reader in done and not reader.cancelled():
+                reason = reader.exception()  # None: the hub closed normally
+            else:
+                reason = next(
+                    (t.exception() for t in done if not t.cancelled() and t.exception()), None
+                )
             reason = self._announced_reason(_without_frames(reason))
         finally:
             for task in tasks:

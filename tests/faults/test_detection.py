@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
 
 from alkpubsub import make_event
 from alkpubsub.core.close import CloseCode
 from alkpubsub.core.errors import ConnectionLostError, LinkClosedError
 from alkpubsub.testing import Recorder, within
-from alkpubsub.transports.spoke import SessionInfo
+from alkpubsub.transports.link import Link
+from alkpubsub.transports.spoke import SessionInfo, SpokeTarget
 from alkpubsub.transports.ws import WebSocketHub, WebSocketSpoke
 
 from .support import TcpFaultProxy
@@ -101,3 +106,56 @@ async def test_a_subscriber_behind_a_slow_link_is_cut_with_1013_and_resumes_with
     assert reason.code == CloseCode.TRY_AGAIN_LATER
     assert sessions[-1].resumed
     assert sessions[-1].gap
+
+
+class _BrokenLink:
+    """A link whose write fails ("not open") a moment before its reader
+    learns why the connection ended, as a killed WebSocket hub's does."""
+
+    def __init__(self, why: BaseException) -> None:
+        self.why = why
+        self.written = asyncio.Event()
+
+    async def send(self, frames: list[bytes]) -> None:
+        self.written.set()
+        raise ConnectionError("websocket is not open")
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        await self.written.wait()
+        await asyncio.sleep(0.01)  # the loss reaches the reader a moment later
+        raise self.why
+        yield b""  # an async generator
+
+    def transport_buffered(self) -> int:
+        return 0
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+
+class _OneLinkSpoke(SpokeTarget):
+    def __init__(self, link: _BrokenLink, **options: Any) -> None:
+        super().__init__(wait_connected=False, **options)
+        self.link = link
+
+    async def open_link(self) -> Link:
+        if self.connect_attempts > 1:
+            await asyncio.Event().wait()  # one link only
+        return self.link
+
+
+@pytest.mark.parametrize(
+    "why", [ConnectionLostError("lost without a close"), LinkClosedError(1013, "slow")]
+)
+async def test_the_reader_tells_why_a_link_ended_when_a_write_failed_first(
+    why: BaseException,
+) -> None:
+    """After a WebSocket hub's kill -9 a spoke sometimes reported the writer's
+    ConnectionError("websocket is not open") instead of ConnectionLostError."""
+    reasons: asyncio.Queue[BaseException | None] = asyncio.Queue()
+    spoke = _OneLinkSpoke(_BrokenLink(why), on_disconnect=reasons.put_nowait)
+    await spoke.start()
+    try:
+        assert await within(reasons.get()) is why
+    finally:
+        await spoke.aclose()
