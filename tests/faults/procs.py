@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class HubProcess:
             args += ["--token", self.token]
         if self.own_netns:
             args += ["--relay", self.relay]
+            relay_dir = os.path.dirname(self.relay)
+            children.cleanups.append(lambda: shutil.rmtree(relay_dir, ignore_errors=True))
         name = f"hub#{self.restarts}"
         self.restarts += 1
         self.child = await children.start(name, "hub.py", *args, own_netns=self.own_netns)

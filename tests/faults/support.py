@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -173,10 +174,12 @@ class Child:
 
 
 class Children:
-    """Every child of a test: killed and reaped at its end."""
+    """Every child of a test: killed and reaped at its end (then the
+    ``cleanups`` run: temporary directories of their sockets)."""
 
     def __init__(self) -> None:
         self.children: list[Child] = []
+        self.cleanups: list[Callable[[], None]] = []
 
     async def start(
         self, name: str, script: str, *args: str, own_netns: bool = False, **env: str
@@ -187,6 +190,8 @@ class Children:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(child.aclose() for child in self.children))
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 # -- a TCP fault proxy (WebSocket) ----------------------------------------------------------
