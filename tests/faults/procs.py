@@ -25,7 +25,6 @@ class HubProcess:
 
     transport: str  # "ws", "iroh" or "both"
     options: dict[str, Any] = field(default_factory=dict)
-    token: str | None = None
     ws_port: int = 0
     iroh_port: int = 0
     key: str = field(default_factory=lambda: os.urandom(32).hex())
@@ -51,8 +50,6 @@ class HubProcess:
             args += ["--ws-port", str(self.ws_port)]
         if self.transport in ("iroh", "both"):
             args += ["--iroh-bind", self.iroh_address, "--iroh-key", self.key]
-        if self.token is not None:
-            args += ["--token", self.token]
         if self.own_netns:
             args += ["--relay", self.relay]
             relay_dir = os.path.dirname(self.relay)

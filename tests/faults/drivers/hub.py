@@ -19,7 +19,7 @@ from typing import Any
 
 from common import commands, report, rss_kib, setup_logging, trim
 
-from alkpubsub.transports.hub import ConnectRequest, HubTarget
+from alkpubsub.transports.hub import HubTarget
 from alkpubsub.transports.iroh import IrohAcceptor
 from alkpubsub.transports.ws import WebSocketHub
 
@@ -76,24 +76,15 @@ async def main() -> None:
     parser.add_argument("--iroh-key", help="hex of a 32-byte secret key")
     parser.add_argument("--options", default="{}", help="JSON of HubTarget options")
     parser.add_argument("--relay", help="a Unix socket path relaying datagrams to the Iroh port")
-    parser.add_argument("--token", help="authenticate: require 'Authorization: Bearer TOKEN'")
     args = parser.parse_args()
     setup_logging()
     options: dict[str, Any] = json.loads(args.options)
-
-    def authenticate(request: ConnectRequest) -> bool | int:
-        seen = request.headers.get("authorization")
-        report("authenticate", transport=request.transport, authorization=seen)
-        return seen == f"Bearer {args.token}" or 401
-
     hub_options: dict[str, Any] = {
         **options,
         "on_connection": lambda peer: report("connected", **peer_fields(peer)),
         "on_disconnection": lambda peer: report("disconnected", **peer_fields(peer)),
         "on_backpressure": lambda peer, n: report("backpressure", buffered=n, **peer_fields(peer)),
     }
-    if args.token is not None:
-        hub_options["authenticate"] = authenticate
     hub: HubTarget
     acceptor: IrohAcceptor | None = None
     if args.ws_port is not None:
