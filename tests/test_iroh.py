@@ -85,7 +85,9 @@ class RawIrohPeer:
                 pass
         except iroh.IrohError as exc:
             return close_code_of(exc)
-        return None
+        # A slow consumer's stream is finished after the __close frame, then
+        # the connection is closed with the code.
+        return close_code_of(await within(self.connection.closed()))
 
     async def aclose(self) -> None:
         self.connection.close(0, b"")
@@ -318,7 +320,9 @@ async def test_b10_truncated_frame_then_reset_is_survived(hub: IrohHub) -> None:
             await heard.wait_for_count(1)
             assert heard.payloads == ["still flowing"]
             await bad.aclose()
-        assert watched.stats.invalid_frames == 1
+        # A stream reset inside a frame is a lost link, not a framing violation
+        # (a session would survive it: tests/faults/test_iroh_faults.py).
+        assert watched.stats.invalid_frames == 0
 
 
 # -- event loops and the write fast path ---------------------------------------------

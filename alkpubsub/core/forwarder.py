@@ -329,6 +329,10 @@ class SubscriptionForwarder:
         self.stats.welcomes += 1
         self.stats.gaps += gap
         self.stats.undelivered_events += len(undelivered)
+        if resumed:
+            # Tells the hub at once that the welcome (and its new token) arrived,
+            # which spends the token this spoke resumed with (protocol.md §5).
+            self._push_control(control.ack(self.receipts.acknowledged()))
         self._open(resend)
         return Welcome(welcome.spoke_id, resumed, gap, undelivered)
 

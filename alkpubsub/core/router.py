@@ -153,6 +153,7 @@ class ConnectionState(Enum):
 
 _OPEN: Final = ConnectionState.OPEN
 _DETACHED: Final = ConnectionState.DETACHED
+_CLOSING: Final = ConnectionState.CLOSING
 
 
 class HubConnection:
@@ -171,6 +172,7 @@ class HubConnection:
         "invalid_frames",
         "last_frames_received",
         "peer",
+        "previous_token",
         "queue",
         "receipts",
         "sent",
@@ -200,6 +202,9 @@ class HubConnection:
         self.invalid_frames = 0
         # Session: token, what we sent it and it did not confirm, what it sent us.
         self.token: str | None = None
+        #: The token its spoke resumed with, valid until the spoke shows it got
+        #: the new one (a welcome lost with its link must not end the session).
+        self.previous_token: str | None = None
         self.sent: SentLog | None = None
         self.receipts: Receipts | None = None
         self.gap = False  # events for it were dropped while it was away
@@ -334,7 +339,7 @@ class HubRouter:
         for frame in data:
             conn.queue.push(frame)
         self._detached[conn] = None
-        if conn.buffered_bytes > self.max_buffered_bytes:
+        if conn.buffered_bytes > self.max_buffered_bytes // 2:
             self._trim_detached(conn)
         return True
 
@@ -345,6 +350,8 @@ class HubRouter:
         del self.connections[conn.spoke_id]
         if conn.token is not None:
             self.sessions.pop(conn.token, None)
+        if conn.previous_token is not None:
+            self.sessions.pop(conn.previous_token, None)
         self._detached.pop(conn, None)
         for topic in conn.topics:
             self._drop_subscriber(topic, conn)
@@ -364,6 +371,8 @@ class HubRouter:
         """Handle one message; returns what needs authorization, or a resume."""
         if conn.state is not _OPEN:
             return None
+        if conn.previous_token is not None:
+            self._welcome_confirmed(conn)
         conn.frames_received += 1
         self.stats.received_frames += 1
         try:
@@ -418,7 +427,7 @@ class HubRouter:
         if self._is_foreign_direct(conn, topic):
             self.refuse(conn, "subscribe", topic, "direct topics belong to their spoke")
             return None
-        size = len(topic.encode("utf-8", "surrogatepass"))
+        size = _utf8_size(topic)
         if size > self.max_topic_bytes:
             self.stats.refused += 1
             message = f"topics are at most {self.max_topic_bytes} bytes"
@@ -468,8 +477,15 @@ class HubRouter:
         conn.state = ConnectionState.GONE
         self._detached.pop(session, None)
         assert session.token is not None
-        del self.sessions[session.token]
-        session.token = new_token()  # a used token is never valid again
+        assert hello.resume is not None
+        # A used token is never valid again once the spoke has the new one;
+        # until then (the welcome may be lost with this link) it still resumes.
+        for token in (session.token, session.previous_token):
+            if token is not None:
+                del self.sessions[token]
+        session.previous_token = hello.resume
+        self.sessions[hello.resume] = session
+        session.token = new_token()
         self.sessions[session.token] = session
         session.peer = dataclasses.replace(conn.peer, spoke_id=session.spoke_id)
         session.state = _OPEN
@@ -487,7 +503,7 @@ class HubRouter:
             session.sent = SentLog(acked=hello.received)
         caught_up = session.queue.data()
         session.queue.clear()
-        session.gap = False
+        session.gap = gap  # cleared once the spoke shows it got this welcome
         self._hold(session)
         self.stats.sessions_resumed += 1
         self._send_control(
@@ -503,6 +519,15 @@ class HubRouter:
         for frame in (*resend, *caught_up):
             session.queue.push(frame)
         return Resumed(session)
+
+    def _welcome_confirmed(self, conn: HubConnection) -> None:
+        """A frame arrived after a resumed session's welcome: its spoke holds
+        the new token (it sends nothing before the welcome), so the one it
+        resumed with is spent, and the gap was reported."""
+        assert conn.previous_token is not None
+        self.sessions.pop(conn.previous_token, None)
+        conn.previous_token = None
+        conn.gap = False
 
     def _acked(self, conn: HubConnection, envelope: EventEnvelope) -> None:
         sent = conn.sent
@@ -542,7 +567,7 @@ class HubRouter:
         if conn.state is not _OPEN or topic in conn.topics:
             return
         conn.topics.add(topic)
-        conn.topic_bytes += len(topic)
+        conn.topic_bytes += _utf8_size(topic)
         subscribers = self.subscriptions.setdefault(topic, {})
         if not subscribers and self.bridged and topic not in self.registry:
             self._interest(topic, True)  # H6
@@ -551,7 +576,7 @@ class HubRouter:
     def unsubscribe(self, conn: HubConnection, topic: str) -> None:
         if topic in conn.topics:
             conn.topics.discard(topic)
-            conn.topic_bytes -= len(topic)
+            conn.topic_bytes -= _utf8_size(topic)
             self._drop_subscriber(topic, conn)
 
     def refuse(self, conn: HubConnection, action: Action, topic: str, message: str = "") -> None:
@@ -608,18 +633,33 @@ class HubRouter:
         if not subscribers:
             return frame
         limit = self.max_buffered_bytes
+        detached_limit = limit // 2
         ready = self.ready
         for conn in subscribers:
             state = conn.state
             if state is not _OPEN and state is not _DETACHED:
-                continue  # cut off during this fan-out or an earlier one
+                if state is _CLOSING:  # cut off during this fan-out or an earlier one
+                    self._keep_for_resume(conn, frame)
+                continue
             queue = conn.queue
             if queue.push(frame) and state is _OPEN:
                 ready.append(conn)
             # B8: the one place where a connection is found too slow.
-            if queue.nbytes + conn.held > limit:
+            if queue.nbytes + conn.held > (limit if state is _OPEN else detached_limit):
                 self._over_limit(conn)
         return frame
+
+    def _keep_for_resume(self, conn: HubConnection, frame: bytes) -> None:
+        """An event for a connection whose link is being closed: a session that
+        survives the cut (B8, heartbeat) keeps it for its resume, within
+        ``max_buffered_bytes`` (past it the resume reports a gap)."""
+        if conn.token is None or conn.close_code not in _SESSION_SURVIVES:
+            return
+        if conn.queue.nbytes + conn.held + len(frame) <= self.max_buffered_bytes:
+            conn.queue.push(frame)  # not ready: only the __close is written
+        elif not conn.gap:
+            conn.gap = True
+            self.stats.session_gaps += 1
 
     def _over_limit(self, conn: HubConnection) -> None:
         if conn.state is _DETACHED:
@@ -629,9 +669,11 @@ class HubRouter:
             self._cut(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer: too much buffered")
 
     def _trim_detached(self, conn: HubConnection) -> None:
-        """A detached session over its budget drops its oldest events: first
-        what its last link never confirmed, then queued ones, and will tell
-        its spoke about the gap on resume."""
+        """A detached session over its budget (half of ``max_buffered_bytes``, so
+        that a resumed link has room for live events while it catches up, and
+        is not cut at once as a slow consumer) drops its oldest events: first
+        what its last link never confirmed, then queued ones, and will tell its
+        spoke about the gap on resume."""
         if not conn.gap:
             conn.gap = True
             self.stats.session_gaps += 1
@@ -639,7 +681,7 @@ class HubRouter:
             conn.sent.lose()
             self._hold(conn)
         queue = conn.queue
-        while queue and queue.nbytes + conn.held > self.max_buffered_bytes // 2:
+        while queue and queue.nbytes + conn.held > self.max_buffered_bytes // 4:
             queue.take(1)
 
     def close_connection(self, conn: HubConnection, code: CloseCode | int, reason: str) -> None:
@@ -674,9 +716,11 @@ class HubRouter:
 
     # -- time -----------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self) -> list[HubConnection]:
         """One ``tick_interval`` passed: cut spokes whose heartbeat stopped,
-        expire sessions whose grace ran out, keep detached sessions in budget."""
+        expire sessions whose grace ran out, keep detached sessions in budget.
+        Returns the sessions that ended (their spokes are gone for good)."""
+        expired: list[HubConnection] = []
         for conn in list(self.connections.values()):
             state = conn.state
             if state is _OPEN and conn.heartbeat_ticks is not None:
@@ -693,12 +737,15 @@ class HubRouter:
                 if conn.expires_in <= 0:
                     self.stats.sessions_expired += 1
                     self.disconnect(conn)
+                    expired.append(conn)
         total = sum(conn.buffered_bytes for conn in self._detached)
         while total > self.max_detached_bytes and self._detached:
             oldest = next(iter(self._detached))
             total -= oldest.buffered_bytes
             self.stats.sessions_expired += 1
             self.disconnect(oldest)
+            expired.append(oldest)
+        return expired
 
     # -- what the shell pulls ------------------------------------------------------
 
@@ -714,6 +761,10 @@ class HubRouter:
         return cuts
 
     def take_outgoing(self, conn: HubConnection, max_bytes: int | None = None) -> list[bytes]:
+        if conn.state is _CLOSING:
+            # Only the __close goes out on a link being closed; data queued
+            # behind it waits for a resume (a session that survives the cut).
+            return self.take_announcement(conn)
         frames = conn.queue.take(max_bytes)
         sent = conn.sent
         if sent is not None and conn.state is _OPEN and sent.intact:
@@ -795,3 +846,9 @@ class HubRouter:
     def _interest(self, topic: str, wanted: bool) -> None:
         self._interest_changes[topic] = wanted
         self.bridge_work = True
+
+
+def _utf8_size(topic: str) -> int:
+    """What a topic weighs against the budgets: its UTF-8 size, never less
+    than what CPython stores for it."""
+    return len(topic.encode("utf-8", "surrogatepass"))

@@ -215,7 +215,9 @@ class _StalledIroh(StalledSubscriber):
                 pass
         except IrohError as exc:
             return close_code_of(exc)
-        return None
+        # The hub finished the stream after its __close frame, then closed the
+        # connection with the code.
+        return close_code_of(await self.connection.closed())
 
     async def aclose(self) -> None:
         self.connection.close(0, b"")

@@ -31,6 +31,7 @@ from ..core.router import (
     DEFAULT_MAX_TOPICS_PER_CONNECTION,
     DEFAULT_SESSION_GRACE,
     Action,
+    ConnectionState,
     HubConnection,
     HubRouter,
     HubStats,
@@ -70,6 +71,10 @@ Authenticate = Callable[[ConnectRequest], bool | int | Awaitable[bool | int]]
 
 #: How often the router is ticked: heartbeat checks and session expiry.
 DEFAULT_TICK_INTERVAL = 1.0
+#: How long a subscriber cut off for reading too slowly (1013) keeps its
+#: connection to read what was sent before the cut and the ``__close`` that
+#: says why (its buffers stay bounded by B8 meanwhile).
+DEFAULT_SLOW_CONSUMER_LINGER = 10.0
 
 
 class Acceptor(Protocol):
@@ -137,11 +142,13 @@ class HubTarget(BaseEventTarget):
         close_timeout: float = 2.0,
         bridge: BridgeTarget | str | None = None,
         on_bridge_status: StatusCallback | None = None,
+        slow_consumer_linger: float = DEFAULT_SLOW_CONSUMER_LINGER,
     ) -> None:
         super().__init__()
-        if close_timeout <= 0:
-            raise ValueError("close_timeout must be positive")
+        if close_timeout <= 0 or slow_consumer_linger <= 0:
+            raise ValueError("close_timeout and slow_consumer_linger must be positive")
         self.close_timeout = close_timeout
+        self.slow_consumer_linger = slow_consumer_linger
         self.router = HubRouter(
             max_frame_bytes=max_frame_bytes,
             max_buffered_bytes=max_buffered_bytes,
@@ -168,6 +175,7 @@ class HubTarget(BaseEventTarget):
         # caller's task, which we never cancel.
         self._io_tasks: set[asyncio.Future[None]] = set()
         self._serving: set[asyncio.Future[None]] = set()
+        self._closings: set[asyncio.Task[None]] = set()  # links the hub is closing
         self._acceptors: list[Acceptor] = []
         self._reported_bugs: set[type[BaseException]] = set()
         # -- bridge (SPEC H6): hubs on one broker form one bus; see transports/bridge.py
@@ -239,7 +247,10 @@ class HubTarget(BaseEventTarget):
         if conn is None:
             return False
         served = self._served.get(conn)
+        detached = conn.state is ConnectionState.DETACHED
         self.router.close_connection(conn, code, reason or "disconnected by the hub")
+        if detached:  # a session waiting for its spoke: it ends here
+            self._disconnected(conn)
         self._service()
         if served is not None and served.closing is not None:
             await asyncio.shield(served.closing)
@@ -287,10 +298,12 @@ class HubTarget(BaseEventTarget):
         for acceptor in self._acceptors:
             await acceptor.stop()
         for conn in list(self.router.connections.values()):
+            detached = conn.state is ConnectionState.DETACHED
             self.router.close_connection(conn, CloseCode.GOING_AWAY, "hub closing")
+            if detached:
+                self._disconnected(conn)
         self._service()
-        closing = [served.closing for served in self._served.values() if served.closing]
-        await asyncio.gather(*closing, return_exceptions=True)
+        await asyncio.gather(*self._closings, return_exceptions=True)
         for task in list(self._io_tasks):
             task.cancel()
         # Every serve_link returns once its reader and writer are gone.
@@ -381,15 +394,18 @@ class HubTarget(BaseEventTarget):
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
-            if served.closing is not None:  # the hub is closing it: let it finish
-                await asyncio.gather(served.closing, return_exceptions=True)
             # The finished tasks hold their exceptions, whose tracebacks hold the
             # link's frames; with served they form a cycle that would keep the
             # connection (for Iroh: its endpoint's socket) alive until the cyclic
             # garbage collector runs.
             served.tasks = ()
-            served.closing = None
+            closing, served.closing = served.closing, None
+            # The router lets go of the link now: a session cut off for
+            # silence (4408) or slowness (1013) can be resumed at once, not
+            # only once a peer that does not answer let its close time out.
             self._link_ended(served, normal_close)
+            if closing is not None:  # the hub is closing the link: let it finish
+                await asyncio.gather(closing, return_exceptions=True)
             done.set_result(None)
             self._serving.discard(done)
 
@@ -503,31 +519,53 @@ class HubTarget(BaseEventTarget):
             logger.warning("closing spoke %s with %s: %s", conn.spoke_id, code, conn.close_reason)
         served = self._served.get(conn)
         if served is not None and served.closing is None:
-            served.closing = self.spawn(self._close_link(served))
+            # Taken now: the router may let go of the connection (a detached
+            # session keeps only its data) before the link is closed.
+            announcement = self.router.take_announcement(conn)
+            closing = self.spawn(
+                self._close_link(
+                    served, announcement, conn.close_code or CloseCode.NORMAL, conn.close_reason
+                )
+            )
+            served.closing = closing
+            self._closings.add(closing)
+            closing.add_done_callback(self._closings.discard)
 
-    async def _close_link(self, served: _Served) -> None:
+    async def _close_link(
+        self, served: _Served, announcement: list[bytes], code: int, reason: str
+    ) -> None:
         """Stop the writer, send the router's ``__close`` announcement, then
         close the link with its code; bounded by ``close_timeout`` for a peer
         that stopped reading."""
-        conn, link = served.conn, served.link
+        link = served.link
         writer = served.tasks[1] if len(served.tasks) > 1 else None
         if writer is not None:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        announcement = self.router.take_announcement(conn)
         if announcement:
+            # A slow consumer gets time to read what was already sent to it
+            # and then the reason; anyone else gets the closing handshake's.
+            slow = code == CloseCode.TRY_AGAIN_LATER
+            linger = self.slow_consumer_linger if slow else self.close_timeout
             try:
-                async with asyncio.timeout(self.close_timeout):
+                async with asyncio.timeout(linger):
                     await link.send(announcement)
+                    finish = getattr(link, "finish", None)  # optional: see IrohLink.finish
+                    if slow and finish is not None:
+                        await finish()
             except LINK_ERRORS:
                 pass  # the close below still tells the reason where the link can
-        await link.close(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+        await link.close(code, reason)
 
     async def _read_loop(self, served: _Served) -> None:
         router = self.router
         async for message in served.link.messages():
             conn = served.conn
             request = router.receive(conn, message)
+            # Neither the frame nor what was decoded from it (CPython objects
+            # cost up to ~25 times their JSON) stays referenced while the loop
+            # waits for the next frame: an idle connection pinned both.
+            del message
             if request is not None:
                 if isinstance(request, Resumed):
                     self._resumed(served, request.session)
@@ -535,6 +573,7 @@ class HubTarget(BaseEventTarget):
                     router.apply(conn, request)
                 else:
                     await self._authorize_and_apply(conn, request)
+                del request
             if not served.announced and conn.greeted and conn.open:
                 self._announce(served)
             if router.ready or router.cuts or router.bridge_work:
@@ -580,7 +619,8 @@ class HubTarget(BaseEventTarget):
         """Tick the router: heartbeats that stopped, sessions whose grace ran out."""
         while True:
             await asyncio.sleep(self.tick_interval)
-            self.router.tick()
+            for conn in self.router.tick():
+                self._disconnected(conn)  # a session whose grace period ran out
             self._service()
 
 

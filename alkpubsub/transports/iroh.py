@@ -184,7 +184,7 @@ class EndpointHolder:
             del endpoint
 
 
-def describe(error: BaseException) -> str:
+def describe(error: BaseException | str) -> str:
     """``str(IrohError)`` is empty; the details live in ``message()``."""
     message = getattr(error, "message", None)
     if callable(message):
@@ -193,8 +193,9 @@ def describe(error: BaseException) -> str:
     return str(error) or repr(error)
 
 
-def close_code_of(error: BaseException) -> int | None:
-    """The application close code carried by a connection-lost error, if any."""
+def close_code_of(error: BaseException | str) -> int | None:
+    """The application close code carried by a connection-lost error (or a
+    ``Connection.closed()`` / ``close_reason()`` string), if any."""
     match = _CLOSE_CODE.search(describe(error))
     if match is None:
         return None
@@ -250,9 +251,10 @@ class IrohLink:
                     raise ConnectionRefusedByHubError(
                         f"hub refused this endpoint: {describe(exc)}"
                     ) from exc
-                if code is None:  # timed out, reset, or our own close
-                    if not decoder.at_frame_boundary():
-                        raise FramingError("stream ended inside a frame") from None
+                if code is None:
+                    # Timed out, reset (a peer that forgot the connection), or
+                    # our own close: a partial frame at the end of a broken
+                    # connection is no protocol violation (only a FIN is).
                     raise ConnectionLostError(f"iroh connection lost: {describe(exc)}") from None
                 if code != QUIC_NO_ERROR and code not in NORMAL_CLOSE_CODES:
                     raise LinkClosedError(code, describe(exc)) from None
@@ -261,11 +263,31 @@ class IrohLink:
                 if not decoder.at_frame_boundary():
                     raise FramingError("stream finished inside a frame")
                 return
-            for frame in decoder.feed(chunk):
-                yield frame
+            # Popped, so that neither the chunk nor its last frame stays
+            # referenced while the next read waits.
+            frames = decoder.feed(chunk)
+            del chunk
+            frames.reverse()
+            while frames:
+                yield frames.pop()
 
     def transport_buffered(self) -> int:
         return 0  # write_all returns once quinn accepted the bytes (flow control)
+
+    async def finish(self) -> None:
+        """Send nothing more, and return once the peer's QUIC stack has
+        acknowledged everything sent: a close then no longer drops it (the hub
+        uses this before cutting a slow consumer off, so that it reads why)."""
+        send = self._send
+        if send is None:
+            raise ConnectionError("iroh link is closed")
+        try:
+            await send.finish()
+            await send.stopped()
+        except IrohError as exc:
+            raise ConnectionError(f"iroh stream finish failed: {describe(exc)}") from None
+        finally:
+            del send
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if self._closed:

@@ -15,6 +15,9 @@ A link's contract:
 - ``transport_buffered()`` is how many written bytes still sit below (socket
   buffers); 0 where ``send`` only returns once they left.
 - ``close(code, reason)`` closes the connection and never raises.
+- optionally ``finish()``: return once what was sent left our buffers or reached
+  the peer, so that a close no longer drops it (a hub calls it, bounded by
+  ``slow_consumer_linger``, before closing a slow consumer with 1013).
 
 Any other exception from a link is a bug: the shells log it with its
 traceback and report it to ``on_error``.

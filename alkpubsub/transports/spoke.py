@@ -48,6 +48,9 @@ from .link import LINK_ERRORS, Link, write_loop
 
 __all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
+#: How long a spoke whose write failed waits for its reader to say why the link ended.
+READER_GRACE = 0.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,6 +137,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._on_session = on_session
         self._on_undelivered = on_undelivered
         self._supervisor: asyncio.Task[None] | None = None
+        self._closing_links: set[asyncio.Task[None]] = set()  # links given up on
         self._wake = asyncio.Event()  # the writer's: the queue has frames
         self._state_changed = asyncio.Event()  # replaced at every transition
         self._drained = asyncio.Event()
@@ -311,6 +315,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        # Each bounded by the link's own close timeout.
+        await asyncio.gather(*self._closing_links, return_exceptions=True)
         if undelivered:
             self._report_undelivered(undelivered, "the target closed before the hub confirmed them")
 
@@ -378,19 +384,26 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._kick()
         if forwarder.state is SpokeState.OPEN:  # no hello: nothing to wait for
             call_user(self._on_connect, log=logger)
-        tasks = {
-            asyncio.ensure_future(
-                write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
-            ),
-            asyncio.ensure_future(self._read_loop(link)),
-            asyncio.ensure_future(self._watch()),
-        }
+        reader = asyncio.ensure_future(self._read_loop(link))
+        writer = asyncio.ensure_future(
+            write_loop(link, self._wake, forwarder.take_outgoing, self._after_send)
+        )
+        tasks = {reader, writer, asyncio.ensure_future(self._watch())}
         reason: BaseException | None = None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    reason = task.exception()
+            if writer in done and reader not in done:
+                # A write failed: the reader, which sees the close code or the
+                # loss itself, tells why better ("websocket is not open" vs
+                # ConnectionLostError or LinkClosedError); it ends at once.
+                await asyncio.wait({reader}, timeout=READER_GRACE)
+                done = {task for task in tasks if task.done()}
+            if reader in done and not reader.cancelled():
+                reason = reader.exception()  # None: the hub closed normally
+            else:
+                reason = next(
+                    (t.exception() for t in done if not t.cancelled() and t.exception()), None
+                )
             reason = self._announced_reason(_without_frames(reason))
         finally:
             for task in tasks:
@@ -400,9 +413,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 forwarder.connection_lost()
                 self._changed()
             self._resolve_pings(False)
-            # A link given up on is closed as such, so that the hub keeps the
-            # session for a resume; only closing the spoke ends it.
-            await link.close(CloseCode.NORMAL if self._closed else CloseCode.RECONNECTING)
+            if self._closed:
+                await link.close(CloseCode.NORMAL)  # only closing the spoke ends the session
+            else:
+                # A link given up on is closed as such, so that the hub keeps
+                # the session for a resume; without waiting for the closing
+                # handshake, which a dead or frozen hub never answers: the
+                # report and the reconnect would wait for the close timeout.
+                closing = asyncio.ensure_future(link.close(CloseCode.RECONNECTING))
+                self._closing_links.add(closing)
+                closing.add_done_callback(self._closing_links.discard)
         return reason
 
     async def _watch(self) -> None:

@@ -143,6 +143,14 @@ class WebsocketsLink:
         transport = self.ws.transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
+    async def finish(self) -> None:
+        """Return once everything sent left our buffers for the socket's (the
+        hub uses this before cutting a slow consumer off: what reached the
+        kernel still reaches a peer that reads again after the close timed out;
+        what stayed here would be dropped with the connection)."""
+        self.ws.transport.set_write_buffer_limits(high=0)  # drain() waits until empty
+        await self.ws.drain()
+
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         # A peer that stopped reading never lets the close frame out (websockets
         # waits for the write buffer to drain first): bound the handshake, then
