@@ -147,3 +147,28 @@ def test_example_uses_only_the_public_api() -> None:
     alk_imports = [line for line in imports if "alkpubsub" in line]
     assert alk_imports == ["from alkpubsub.transports.base import ("]
     assert len(EXAMPLE.read_text().splitlines()) <= 130
+
+
+async def test_a_refusal_is_announced_on_a_link_without_close_codes(tmp_path: Path) -> None:
+    """authenticate refuses in serve_link: the __close frame carries 4403 over a
+    byte stream, and the spoke treats it as final."""
+    from alkpubsub import ConnectionRefusedByHubError
+    from alkpubsub.testing import within
+
+    hub = unix_transport.UnixHub(str(tmp_path / "hub.sock"), authenticate=lambda request: False)
+    async with hub:
+        spoke = unix_transport.UnixSpoke(hub.path, connect_timeout=5)
+        with pytest.raises(ConnectionRefusedByHubError, match="4403"):
+            await within(spoke.start())
+        assert spoke.connect_attempts == 1
+
+
+def test_heartbeat_ticks_are_not_rounded_up_by_float_error() -> None:
+    from alkpubsub.core import control
+    from alkpubsub.core.codec import encode_envelope
+    from alkpubsub.core.router import HubRouter, Peer
+
+    router = HubRouter(tick_interval=0.1)
+    conn = router.connect(Peer(spoke_id="a", transport="test"))
+    router.receive(conn, encode_envelope(control.hello(heartbeat=0.4)))
+    assert conn.heartbeat_ticks == 12

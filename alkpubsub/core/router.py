@@ -19,6 +19,7 @@ period runs out.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -448,8 +449,9 @@ class HubRouter:
 
     def _hello(self, conn: HubConnection, hello: control.Hello) -> Resumed | None:
         if hello.heartbeat is not None:
-            ticks = HEARTBEAT_MISSES * hello.heartbeat / self.tick_interval
-            conn.heartbeat_ticks = max(2, int(-(-ticks // 1)))
+            # Rounded first: 3 * 0.4 / 0.1 is 12.000000000000002, which is 12 ticks.
+            ticks = round(HEARTBEAT_MISSES * hello.heartbeat / self.tick_interval, 6)
+            conn.heartbeat_ticks = max(2, math.ceil(ticks))
         if hello.session and hello.resume is not None:
             session = self.sessions.get(hello.resume)
             if session is not None and session.state is not _DETACHED:

@@ -11,18 +11,21 @@ connection into a ``Link`` and calls ``hub.serve_link``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..core import control
 from ..core.close import CloseCode
-from ..core.codec import DEFAULT_MAX_FRAME_BYTES
+from ..core.codec import DEFAULT_MAX_FRAME_BYTES, encode_envelope
 from ..core.envelope import Event, validate_topic
 from ..core.errors import FramingError, TargetClosedError
 from ..core.headers import Headers
 from ..core.listeners import Listener, ListenerErrorHandler
+from ..core.queue import ControlFrame
 from ..core.router import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_INVALID_FRAMES,
@@ -360,7 +363,14 @@ class HubTarget(BaseEventTarget):
             status = await self.admit(ConnectRequest(**peer_info))
             if status is not None:
                 code = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
-                await link.close(code, "unauthorized" if status == 401 else "forbidden")
+                reason = "unauthorized" if status == 401 else "forbidden"
+                # Announced first (protocol.md §4), for links without close codes.
+                with contextlib.suppress(*LINK_ERRORS):
+                    async with asyncio.timeout(self.close_timeout):
+                        await link.send(
+                            [ControlFrame(encode_envelope(control.close(code, reason)))]
+                        )
+                await link.close(code, reason)
                 return
         peer = Peer(spoke_id=self.router.new_spoke_id(), **_peer_fields(peer_info))
         conn = self.router.connect(peer)
