@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from .core.envelope import Event, EventEnvelope, make_event, make_topic
 from .core.errors import SubscriptionOverflowError
+from .core.forwarder import NOT_GIVEN, _NotGiven
+from .core.history import StreamPosition
 from .target import TypedEventTarget
 from .transports.memory import MemoryEventTarget
 
@@ -107,6 +109,7 @@ class _SubscriptionState:
         "model",
         "overflow",
         "overflowed",
+        "positions",
         "waiters",
     )
 
@@ -121,6 +124,8 @@ class _SubscriptionState:
         self.overflowed = False
         self.dropped = 0
         self.invalid = 0
+        #: Stream positions of buffered or handed-out envelopes, by id (since=).
+        self.positions: dict[int, StreamPosition] | None = None
 
     def on_event(self, event: Event) -> None:
         if self.ended or self.overflowed:
@@ -134,6 +139,8 @@ class _SubscriptionState:
                 logger.warning("skipping invalid payload on %s: %s", event.type, exc)
                 return
             envelope = envelope.model_copy(update={"payload": value})
+        if self.positions is not None and event.position is not None:
+            self.positions[id(envelope)] = event.position
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
@@ -146,7 +153,9 @@ class _SubscriptionState:
                 self.dropped += 1
                 return
             if self.overflow == "drop_oldest":
-                buffer.popleft()
+                dropped = buffer.popleft()
+                if self.positions is not None:
+                    self.positions.pop(id(dropped), None)
                 self.dropped += 1
             else:
                 self.overflowed = True
@@ -196,6 +205,7 @@ class Subscription(Generic[M]):
         model: type[M] | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         overflow: Overflow = "raise",
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> None:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
@@ -205,7 +215,19 @@ class Subscription(Generic[M]):
         self._target = target
         self._state = _SubscriptionState(model, max_buffer, overflow)
         self._released = False
-        target.add_event_listener(topic, self._state.on_event)
+        self._position: StreamPosition | None = None
+        if isinstance(since, _NotGiven):
+            target.add_event_listener(topic, self._state.on_event)
+        else:
+            self._position = StreamPosition.parse(since) if isinstance(since, str) else since
+            self._state.positions = {}
+            try:
+                target.add_event_listener(topic, self._state.on_event, since=since)  # type: ignore[call-arg]
+            except TypeError as exc:
+                raise TypeError(
+                    f"{type(target).__name__} keeps no topic history: since= needs a spoke "
+                    "of a hub with history"
+                ) from exc
         add_close_callback = getattr(target, "add_close_callback", None)
         if add_close_callback is not None:
             add_close_callback(self._state.end)
@@ -246,7 +268,7 @@ class Subscription(Generic[M]):
         state = self._state
         while True:
             if state.buffer:
-                return cast(Envelope[M], state.buffer.popleft())
+                return self._handed_out(state.buffer.popleft())
             if state.overflowed:
                 self._release()
                 raise SubscriptionOverflowError(
@@ -276,7 +298,26 @@ class Subscription(Generic[M]):
                     state.waiters.remove(waiter)
                 raise TimeoutError(f"no envelope on {self.topic!r} within {timeout}s")
             if received is not _ENDED:
-                return cast(Envelope[M], received)
+                return self._handed_out(cast(EventEnvelope, received))
+
+    def _handed_out(self, envelope: EventEnvelope) -> Envelope[M]:
+        positions = self._state.positions
+        if positions is not None:
+            self._position = positions.pop(id(envelope), self._position)
+        return cast(Envelope[M], envelope)
+
+    @property
+    def position(self) -> StreamPosition | None:
+        """The stream position of the last envelope yielded (with ``since=``):
+        give it as ``since`` to a later subscription to get what came after."""
+        return self._position
+
+    @property
+    def recovered(self) -> bool | None:
+        """With ``since=``: whether the hub's history still held everything
+        after the position (False: some events are missing); None until known."""
+        stream_state = getattr(self._target, "stream_state", None)
+        return None if stream_state is None else stream_state(self.topic)[1]
 
     async def aclose(self) -> None:
         """End iteration now, for every reader; release the listener."""
@@ -330,6 +371,7 @@ class PubSub:
         model: None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         overflow: Overflow = "raise",
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> Subscription[Any]: ...
 
     @overload
@@ -341,6 +383,7 @@ class PubSub:
         model: type[M],
         max_buffer: int = DEFAULT_MAX_BUFFER,
         overflow: Overflow = "raise",
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> Subscription[M]: ...
 
     def subscribe(
@@ -351,10 +394,20 @@ class PubSub:
         model: type[M] | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         overflow: Overflow = "raise",
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> Subscription[Any]:
-        """Iterate envelopes of topic ``type:id``; see ``Subscription``."""
+        """Iterate envelopes of topic ``type:id``; see ``Subscription``.
+
+        ``since``: on a spoke of a hub with topic history, a stream position
+        (``subscription.position`` of an earlier subscription) to recover what
+        came after it, or None to start tracking positions from now."""
         return Subscription(
-            self.target, make_topic(type, id), model=model, max_buffer=max_buffer, overflow=overflow
+            self.target,
+            make_topic(type, id),
+            model=model,
+            max_buffer=max_buffer,
+            overflow=overflow,
+            since=since,
         )
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "HELLO",
     "PING",
     "PONG",
+    "POSITION",
     "PROTOCOL_VERSION",
     "SUBSCRIBE",
     "UNSUBSCRIBE",
@@ -30,8 +31,11 @@ __all__ = [
     "hello",
     "ping",
     "pong",
+    "position",
+    "position_fields",
     "subscribe",
     "received_count",
+    "subscription_since",
     "subscription_topic",
     "unsubscribe",
     "welcome",
@@ -48,6 +52,7 @@ PONG: Final = "__pong"
 ERROR: Final = "__error"
 CLOSE: Final = "__close"
 ACK: Final = "__ack"
+POSITION: Final = "__position"
 
 # Error codes carried by ``__error`` frames.
 FORBIDDEN: Final = "forbidden"
@@ -69,8 +74,36 @@ def _control(type_: str, payload: Any, id_: str = "") -> EventEnvelope:
     return EventEnvelope.model_construct(type=type_, id=id_, payload=payload)
 
 
-def subscribe(topic: str) -> EventEnvelope:
-    return _control(SUBSCRIBE, {"topic": topic})
+def subscribe(topic: str, since: str | None = None) -> EventEnvelope:
+    """``since``: recover from this stream position (``"<epoch>:<offset>"``), or
+    ``""`` to learn the topic's current position; the hub answers ``__position``."""
+    if since is None:
+        return _control(SUBSCRIBE, {"topic": topic})
+    return _control(SUBSCRIBE, {"topic": topic, "since": since})
+
+
+def position(topic: str, at: str | None, recovered: bool) -> EventEnvelope:
+    """The stream position of ``topic`` just before the frames that follow it
+    (replayed ones first, then live ones); None when the topic has no history."""
+    return _control(POSITION, {"topic": topic, "position": at, "recovered": recovered})
+
+
+def subscription_since(envelope: EventEnvelope) -> str | None:
+    """The ``since`` of a ``__subscribe``: a position, ``""``, or None when absent."""
+    payload = envelope.payload
+    since = payload.get("since") if isinstance(payload, dict) else None
+    return since if isinstance(since, str) else None
+
+
+def position_fields(envelope: EventEnvelope) -> tuple[str, str | None, bool] | None:
+    """``(topic, position, recovered)`` of a ``__position``, or None when malformed."""
+    payload = envelope.payload
+    if not isinstance(payload, dict):
+        return None
+    topic, at = payload.get("topic"), payload.get("position")
+    if not isinstance(topic, str) or not (at is None or isinstance(at, str)):
+        return None
+    return topic, at, payload.get("recovered") is True
 
 
 def unsubscribe(topic: str) -> EventEnvelope:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from .errors import InvalidTopicError, ReservedTypeError
+
+if TYPE_CHECKING:
+    from .history import StreamPosition
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -85,9 +88,13 @@ def split_topic(topic: str) -> tuple[str, str]:
 
 
 class Event:
-    """What listeners receive: ``.type`` is the topic, ``.detail`` the envelope."""
+    """What listeners receive: ``.type`` is the topic, ``.detail`` the envelope,
+    ``.position`` its stream position when the topic has history and the
+    subscription asked for positions (``subscribe(since=...)``), else None."""
 
-    __slots__ = ("detail", "type")
+    __slots__ = ("detail", "position", "type")
+
+    position: StreamPosition | None
 
     def __init__(self, type: str, detail: EventEnvelope) -> None:
         if type != detail.topic:
@@ -96,12 +103,14 @@ class Event:
             )
         self.type = type
         self.detail = detail
+        self.position = None
 
     @classmethod
     def from_envelope(cls, envelope: EventEnvelope) -> Event:
         event = _new_event(cls)
         event.type = f"{envelope.type}:{envelope.id}"
         event.detail = envelope
+        event.position = None
         return event
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event, validate_topic
 from .errors import BackpressureError, DecodeError, TargetClosedError
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
+from .history import StreamPosition
 from .queue import ControlFrame, FrameQueue
 from .session import Receipts, SentLog
 
@@ -40,6 +41,7 @@ __all__ = [
     "ForwarderStats",
     "HubError",
     "Pong",
+    "Positioned",
     "SpokeEvent",
     "SpokeState",
     "SubscriptionForwarder",
@@ -105,7 +107,35 @@ class Closing:
     reason: str
 
 
-SpokeEvent = Pong | Welcome | HubError | Closing | Acked
+@dataclass(frozen=True, slots=True)
+class Positioned:
+    """The hub told a tracked topic's stream position (``__position``):
+    ``recovered`` says whether everything after the asked position followed."""
+
+    topic: str
+    position: StreamPosition | None
+    recovered: bool
+
+
+class _NotGiven:
+    """The type of ``NOT_GIVEN``: ``since`` was not passed at all."""
+
+
+NOT_GIVEN: Final = _NotGiven()
+
+
+class _Stream:
+    """A topic whose stream positions are tracked (``since=``)."""
+
+    __slots__ = ("awaiting", "position", "recovered")
+
+    def __init__(self, position: StreamPosition | None) -> None:
+        self.position = position
+        self.recovered: bool | None = None
+        self.awaiting = False  # its __position is due: ignore its frames until then
+
+
+SpokeEvent = Pong | Welcome | HubError | Closing | Acked | Positioned
 
 
 @dataclass
@@ -174,6 +204,7 @@ class SubscriptionForwarder:
         self.sent = SentLog()
         self.receipts = Receipts()
         self._hub_topics: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
         self._welcomed_before = False
         #: Frames received and written, for heartbeat decisions.
         self.frames_received = 0
@@ -192,20 +223,67 @@ class SubscriptionForwarder:
 
     # -- user-facing operations ---------------------------------------------
 
-    def add_listener(self, topic: str, listener: Listener | None) -> None:
+    def add_listener(
+        self,
+        topic: str,
+        listener: Listener | None,
+        *,
+        since: StreamPosition | str | None | _NotGiven = NOT_GIVEN,
+    ) -> None:
+        """Register ``listener``. With ``since`` (a ``StreamPosition``, its string,
+        or None for "from now"), the topic's stream positions are tracked and,
+        from a position, what came after it is recovered from the hub's history
+        (``stream_state(topic)`` tells whether it was); only the first listener
+        of a topic may ask for that."""
         if self.state is SpokeState.CLOSED or listener is None:
             return
         validate_topic(topic)
-        if self.registry.add(topic, listener) and self.state is SpokeState.OPEN:
-            self._push_control(control.subscribe(topic))
+        tracking = not isinstance(since, _NotGiven)
+        position: StreamPosition | None = None
+        if tracking:
+            if isinstance(since, StreamPosition):
+                position = since
+            elif isinstance(since, str):
+                position = StreamPosition.parse(since)
+                if position is None:
+                    raise ValueError(f"not a stream position: {since!r}")
+            if topic in self.registry:
+                raise ValueError(
+                    f"{topic!r} has listeners already: since= needs its first listener"
+                )
+        if not self.registry.add(topic, listener):
+            return
+        if tracking:
+            self._streams[topic] = _Stream(position)
+        if self.state is SpokeState.OPEN:
+            self._subscribe(topic)
             self._hub_topics.add(topic)
 
     def remove_listener(self, topic: str, listener: Listener | None) -> None:
         if self.state is SpokeState.CLOSED:
             return
-        if self.registry.remove(topic, listener) and self.state is SpokeState.OPEN:
-            self._push_control(control.unsubscribe(topic))
-            self._hub_topics.discard(topic)
+        if self.registry.remove(topic, listener):
+            self._streams.pop(topic, None)
+            if self.state is SpokeState.OPEN:
+                self._push_control(control.unsubscribe(topic))
+                self._hub_topics.discard(topic)
+
+    def stream_state(self, topic: str) -> tuple[StreamPosition | None, bool | None]:
+        """A tracked topic's last stream position, and whether its recovery
+        succeeded (None: not known yet, or not tracked)."""
+        stream = self._streams.get(topic)
+        return (None, None) if stream is None else (stream.position, stream.recovered)
+
+    def _subscribe(self, topic: str) -> None:
+        """``__subscribe``; for a tracked topic with ``since``, and frames of that
+        topic are ignored until its ``__position`` arrives (they precede it)."""
+        stream = self._streams.get(topic)
+        if stream is None:
+            self._push_control(control.subscribe(topic))
+            return
+        stream.awaiting = True
+        since = "" if stream.position is None else str(stream.position)
+        self._push_control(control.subscribe(topic, since))
 
     def dispatch(self, event: Event) -> bool:
         """Encode and queue ``event``; never blocks (B13)."""
@@ -333,17 +411,23 @@ class SubscriptionForwarder:
             # Tells the hub at once that the welcome (and its new token) arrived,
             # which spends the token this spoke resumed with (protocol.md §5).
             self._push_control(control.ack(self.receipts.acknowledged()))
-        self._open(resend)
+        self._open(resend, recover=gap or not resumed)
         return Welcome(welcome.spoke_id, resumed, gap, undelivered)
 
-    def _open(self, resend: list[bytes]) -> None:
-        """OPEN: subscriptions first, then what was not confirmed, then the outbox."""
+    def _open(self, resend: list[bytes], recover: bool = True) -> None:
+        """OPEN: subscriptions first, then what was not confirmed, then the outbox.
+
+        A tracked topic asks again for what came after its last position when
+        something may be missing (``recover``): no session, a new one, a gap."""
         self.state = SpokeState.OPEN
         topics = self.registry.topics()
         for topic in self._hub_topics.difference(topics):
             self._push_control(control.unsubscribe(topic))
         for topic in topics:
-            self._push_control(control.subscribe(topic))
+            if recover or topic not in self._hub_topics:
+                self._subscribe(topic)
+            else:
+                self._push_control(control.subscribe(topic))  # idempotent on the hub
         self._hub_topics = set(topics)
         for frame in resend:
             self._push(frame)
@@ -399,7 +483,15 @@ class SubscriptionForwarder:
         if self.token is not None and self.receipts.count(len(message)):
             self._push_control(control.ack(self.receipts.acknowledged()))
         self.stats.received_events += 1
-        self.registry.dispatch(Event.from_envelope(envelope))
+        event = Event.from_envelope(envelope)
+        if self._streams:
+            stream = self._streams.get(event.type)
+            if stream is not None:
+                if stream.awaiting:
+                    return None  # sent before its __position: recovery covers it
+                if stream.position is not None:
+                    stream.position = event.position = stream.position.next()
+        self.registry.dispatch(event)
         return None
 
     def _receive_control(self, envelope: EventEnvelope) -> SpokeEvent | None:
@@ -422,10 +514,22 @@ class SubscriptionForwarder:
             code, message, topic = control.error_fields(envelope)
             return HubError(code, message, topic)
         elif kind == control.CLOSE:
-            fields = control.close_fields(envelope)
-            if fields is not None:
-                return Closing(*fields)
+            close = control.close_fields(envelope)
+            if close is not None:
+                return Closing(*close)
             self.stats.invalid_frames += 1
+        elif kind == control.POSITION:
+            fields = control.position_fields(envelope)
+            if fields is None:
+                self.stats.invalid_frames += 1
+                return None
+            topic, at, recovered = fields
+            tracked = self._streams.get(topic)
+            if tracked is not None:
+                tracked.position = StreamPosition.parse(at)
+                tracked.recovered = recovered
+                tracked.awaiting = False
+                return Positioned(topic, tracked.position, recovered)
         else:
             self.stats.unknown_control += 1  # C2: forward compatibility
         return None

@@ -32,6 +32,7 @@ from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import Event, EventEnvelope, check_user_event
 from .errors import DecodeError, FrameTooLargeError, InvalidEnvelopeError, TargetClosedError
 from .headers import SECRET_HEADERS, Headers
+from .history import HistoryStore, StreamPosition
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
 from .session import Receipts, SentLog, new_token
@@ -102,10 +103,14 @@ class Peer:
 
 @dataclass(frozen=True)
 class SubscribeRequest:
-    """A valid ``__subscribe`` that needs ``authorize(peer, "subscribe", topic)``."""
+    """A valid ``__subscribe`` that needs ``authorize(peer, "subscribe", topic)``.
+
+    ``since`` (a position, ``""``, or None) asks for the topic's stream position
+    and, with a position, for the events after it (topic history)."""
 
     topic: str
     action: Action = "subscribe"
+    since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,7 @@ class HubRouter:
         max_detached_bytes: int = DEFAULT_MAX_DETACHED_BYTES,
         max_unconfirmed_bytes: int = DEFAULT_MAX_UNCONFIRMED_BYTES,
         tick_interval: float = 1.0,
+        history: HistoryStore | None = None,
         on_listener_error: ListenerErrorHandler | None = None,
         schedule: Scheduler | None = None,
     ) -> None:
@@ -254,6 +260,8 @@ class HubRouter:
         if session_grace < 0:
             raise ValueError("session_grace must not be negative")
         self.registry = ListenerRegistry(on_listener_error=on_listener_error, schedule=schedule)
+        #: Topic history for recovery from a stream position (None: no topic has any).
+        self.history = history if history else None
         self.stats = HubStats()
         self.max_frame_bytes = max_frame_bytes
         self.max_buffered_bytes = max_buffered_bytes
@@ -423,7 +431,10 @@ class HubRouter:
         if topic is None:
             self._bad_input(conn, control.INVALID_CONTROL, "__subscribe needs a valid topic")
             return None
+        since = control.subscription_since(envelope)
         if topic in conn.topics:
+            if since is not None:  # subscribed already: a request for what it missed
+                self._recover(conn, topic, since)
             return None
         if self._is_foreign_direct(conn, topic):
             self.refuse(conn, "subscribe", topic, "direct topics belong to their spoke")
@@ -445,7 +456,26 @@ class HubRouter:
             )
             self._send_control(conn, control.error(control.TOO_MANY_TOPICS, message, topic))
             return None
-        return SubscribeRequest(topic)
+        return SubscribeRequest(topic, since=since)
+
+    def _recover(self, conn: HubConnection, topic: str, since: str) -> None:
+        """``__position`` for ``topic``, then what came after ``since`` if the
+        history still has all of it; the live events follow in the queue."""
+        history = self.history
+        recovery = None if history is None else history.after(topic, StreamPosition.parse(since))
+        if recovery is None:
+            self._send_control(conn, control.position(topic, None, False))
+            return
+        if recovery.recovered and since:
+            start = StreamPosition.parse(since)
+            assert start is not None
+        else:
+            start = recovery.position  # from now on (or recovery failed)
+        recovered = recovery.recovered and bool(since)
+        self._send_control(conn, control.position(topic, str(start), recovered))
+        for frame in recovery.frames if recovered else ():
+            if conn.queue.push(frame):
+                self.ready.append(conn)
 
     def _hello(self, conn: HubConnection, hello: control.Hello) -> Resumed | None:
         if hello.heartbeat is not None:
@@ -591,6 +621,8 @@ class HubRouter:
         """Carry out an authorized request."""
         if isinstance(request, SubscribeRequest):
             self.subscribe(conn, request.topic)
+            if request.since is not None and conn.state is _OPEN:
+                self._recover(conn, request.topic, request.since)
             return
         try:
             self.publish(request.envelope)
@@ -631,6 +663,8 @@ class HubRouter:
     def _fan_out(self, topic: str, envelope: EventEnvelope) -> bytes:
         # H3: encoded once per dispatch; also enforces E6 when nobody listens.
         frame = encode_envelope(envelope, self.max_frame_bytes)
+        if self.history is not None:
+            self.history.record(topic, frame)
         subscribers = self.subscriptions.get(topic)
         if not subscribers:
             return frame
@@ -723,6 +757,8 @@ class HubRouter:
         expire sessions whose grace ran out, keep detached sessions in budget.
         Returns the sessions that ended (their spokes are gone for good)."""
         expired: list[HubConnection] = []
+        if self.history is not None:
+            self.history.advance()
         for conn in list(self.connections.values()):
             state = conn.state
             if state is _OPEN and conn.heartbeat_ticks is not None:

@@ -24,6 +24,7 @@ from ..core.codec import DEFAULT_MAX_FRAME_BYTES, encode_envelope
 from ..core.envelope import Event, validate_topic
 from ..core.errors import FramingError, TargetClosedError
 from ..core.headers import Headers
+from ..core.history import HistoryPolicy, HistoryStore
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.queue import ControlFrame
 from ..core.router import (
@@ -135,6 +136,7 @@ class HubTarget(BaseEventTarget):
         max_invalid_frames: int | None = DEFAULT_MAX_INVALID_FRAMES,
         session_grace: float = DEFAULT_SESSION_GRACE,
         tick_interval: float = DEFAULT_TICK_INTERVAL,
+        history: Mapping[str, HistoryPolicy] | None = None,
         authenticate: Authenticate | None = None,
         authorize: Authorize | None = None,
         on_backpressure: Callable[[Peer, int], None] | None = None,
@@ -161,6 +163,7 @@ class HubTarget(BaseEventTarget):
             max_invalid_frames=max_invalid_frames,
             session_grace=session_grace,
             tick_interval=tick_interval,
+            history=None if not history else HistoryStore(history, tick_interval=tick_interval),
             on_listener_error=on_listener_error,
             schedule=self._scheduler,
         )

@@ -31,6 +31,7 @@ from ..core.errors import (
 from ..core.forwarder import (
     DEFAULT_MAX_OUTGOING_BYTES,
     DEFAULT_OUTBOX_LIMIT,
+    NOT_GIVEN,
     Acked,
     Closing,
     ForwarderStats,
@@ -40,7 +41,9 @@ from ..core.forwarder import (
     SpokeState,
     SubscriptionForwarder,
     Welcome,
+    _NotGiven,
 )
+from ..core.history import StreamPosition
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.session import Liveness
 from ..target import BaseEventTarget, call_user
@@ -216,9 +219,23 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
 
     # -- TypedEventTarget --------------------------------------------------------------
 
-    def add_event_listener(self, topic: str, listener: Listener | None) -> None:
-        self._forwarder.add_listener(topic, listener)
+    def add_event_listener(
+        self,
+        topic: str,
+        listener: Listener | None,
+        *,
+        since: StreamPosition | str | None | _NotGiven = NOT_GIVEN,
+    ) -> None:
+        """Register ``listener`` for ``topic``. ``since`` (a ``StreamPosition``
+        or None for "from now") tracks the topic's stream positions
+        (``event.position``) and recovers what came after the position from
+        the hub's topic history; ``stream_state(topic)`` says whether it did."""
+        self._forwarder.add_listener(topic, listener, since=since)
         self._kick()
+
+    def stream_state(self, topic: str) -> tuple[StreamPosition | None, bool | None]:
+        """A tracked topic's last position and whether its recovery succeeded."""
+        return self._forwarder.stream_state(topic)
 
     def remove_event_listener(self, topic: str, listener: Listener | None) -> None:
         self._forwarder.remove_listener(topic, listener)
