@@ -29,6 +29,7 @@ from .harness import (
     StalledSubscriber,
     WebSocketBus,
 )
+from .harness_picows import PicowsBus, PicowsHubBus, PicowsSpokesBus
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .suite import CoreConformance, HubConformance, ReconnectConformance
 from .suite_payloads import PAYLOAD_TABLE, REFUSED_PAYLOADS, PayloadCase, PayloadConformance
@@ -52,4 +53,7 @@ __all__ = [
     "REFUSED_PAYLOADS",
     "PayloadCase",
     "PayloadConformance",
+    "PicowsBus",
+    "PicowsHubBus",
+    "PicowsSpokesBus",
 ]
