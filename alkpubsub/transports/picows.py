@@ -173,7 +173,7 @@ class PicowsLink(WSListener):
                 # close the TCP connection (RFC 6455 §5.5.1).
                 if not transport.is_close_frame_sent:
                     code = frame.get_close_code()
-                    transport.send_close(code if int(code) else WSCloseCode.OK)
+                    transport.send_close(code if code.value else WSCloseCode.OK)
                 transport.disconnect()
             # PING is answered by picows (enable_auto_pong); PONG needs nothing.
         except WSProtocolError:
@@ -231,12 +231,12 @@ class PicowsLink(WSListener):
         received = None if handshake is None else handshake.recv
         if sent is not None and self._close_sent is None and not handshake.recv_then_sent:
             # picows closed it: the peer broke the protocol, or stopped answering pings.
-            code = int(sent.code)
+            code = sent.code.value
             if code in _VIOLATION_CODES:
                 return FramingError(sent.reason or f"WebSocket protocol violation ({code})", code)
             return ConnectionLostError(f"WebSocket connection closed locally with {code}")
         if received is not None:
-            code = int(received.code) or 1005  # a close frame without a code
+            code = received.code.value or 1005  # a close frame without a code
             if code in NORMAL_CLOSE_CODES:
                 return None
             return LinkClosedError(code, received.reason or "")
@@ -381,6 +381,9 @@ async def open_picows_link(
             # The caller bounds the whole attempt; this one frees the socket of
             # an attempt it gave up on (ws_connect does not on cancellation).
             websocket_handshake_timeout=handshake_timeout,
+            # asyncio's (or uvloop's) own transports, as on the hub side and with
+            # websockets: the same TLS errors and flow control everywhere.
+            use_aiofastnet=False,
             **keepalive,
         )
     except WSHandshakeError as exc:
@@ -409,12 +412,13 @@ def _offered_subprotocols(lines: list[str]) -> tuple[str, ...]:
 
 
 def _parse_request_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
-    """Method, target and header lines of an HTTP/1.1 request head; ValueError
+    """Method, target and header lines of an HTTP/1.x request head; ValueError
     if it is not one."""
     request_line, *lines = head.decode("latin-1").split("\r\n")
     method, target, version = request_line.split(" ")
-    if version != "HTTP/1.1" or not target.startswith("/"):
-        raise ValueError(f"not an HTTP/1.1 request: {request_line!r}")
+    # HTTP/1.0 too: nginx proxies plain requests (health, metrics) with it.
+    if version not in ("HTTP/1.1", "HTTP/1.0") or not target.startswith("/"):
+        raise ValueError(f"not an HTTP/1.x request: {request_line!r}")
     pairs = []
     for line in lines:
         name, colon, value = line.partition(":")
@@ -502,7 +506,8 @@ class _UpgradeGate(asyncio.Protocol):
     async def _decide(self, head_end: int) -> None:
         transport = self.transport
         acceptor = self.acceptor
-        assert transport is not None and acceptor.hub is not None
+        assert transport is not None
+        assert acceptor.hub is not None
         try:
             method, target, pairs = _parse_request_head(bytes(self.head[:head_end]))
         except ValueError:
@@ -584,8 +589,11 @@ class PicowsAcceptor:
         host = f"[{host}]" if ":" in host else host
         scheme = "wss" if self._ssl is not None else "ws"
         self.url = f"{scheme}://{host}:{port}{self.path}"
+        logger.info("server listening on %s (picows)", self.url)
 
-    def _hand_over(self, transport: asyncio.Transport, received: bytes, info: dict[str, Any]) -> None:
+    def _hand_over(
+        self, transport: asyncio.Transport, received: bytes, info: dict[str, Any]
+    ) -> None:
         """Give an accepted connection to picows: its protocol reads the upgrade
         request again (already decided: it gets the listener at once), answers
         101, and from then on calls the link for every frame."""
