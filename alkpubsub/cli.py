@@ -553,6 +553,10 @@ async def run_hub(args: argparse.Namespace) -> None:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     except Exception as exc:  # the iroh bindings raise their own errors
         raise CliError(f"cannot start the hub: {_describe(exc)}") from None
+    loop = type(asyncio.get_running_loop())
+    logger.info(
+        "WebSocket backend %s, event loop %s.%s", hub.backend, loop.__module__, loop.__name__
+    )
     try:
         iroh_url = None if iroh_acceptor is None else _iroh_url(iroh_acceptor, args.iroh_bind)
         if args.json:

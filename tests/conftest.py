@@ -73,6 +73,34 @@ def picows_backend() -> None:
         pytest.skip(message)
 
 
+#: Modules whose every test runs twice: on websockets and on picows (the
+#: WebSocket backends); tests/test_picows.py has picows's own tests.
+ON_BOTH_WS_BACKENDS = {
+    "tests.test_ws",
+    "tests.test_ws_integrations",
+    "tests.test_metrics",
+    "tests.test_deployment",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in ON_BOTH_WS_BACKENDS:
+        metafunc.parametrize("ws_backend", ["websockets", "picows"], indirect=True)
+
+
+@pytest.fixture(autouse=True)  # autouse: set up before the hubs it configures
+def ws_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """In ON_BOTH_WS_BACKENDS, hubs and spokes created with the default
+    ``backend="auto"`` run on the backend of the test's parameter."""
+    backend: str | None = getattr(request, "param", None)
+    if backend is None:
+        return None
+    if backend == "picows":
+        request.getfixturevalue("picows_backend")
+    monkeypatch.setenv(ENV_WS_BACKEND, backend)
+    return backend
+
+
 def harness_for(request: pytest.FixtureRequest, name: str) -> BusHarness:
     if name in NEEDS_LOOPBACK_ONLY:
         request.getfixturevalue("loopback_only")

@@ -147,6 +147,16 @@ class PicowsLink(WSListener):
         self._outcome: BaseException | None = None  # what messages() raises at the end
         self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def received_bytes(self) -> int:
+        """Bytes received and not yet taken by ``messages()``."""
+        return self._received_bytes
+
+    @property
+    def reading_paused(self) -> bool:
+        """The socket is not read until ``messages()`` catches up."""
+        return self._reading_paused
+
     # -- picows callbacks (synchronous, on the loop) -------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
