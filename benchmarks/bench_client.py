@@ -10,7 +10,8 @@ payload and its arrival are read from the same clock. CPU is measured over the
 workload's measured interval: this process with ``time.process_time()``, the
 hub (or nats-server) with its process CPU-time clock; both count every thread.
 
-alkpubsub clients use only the public API: ``transport_from_url`` spokes,
+alkpubsub clients use only the public API: ``transport_from_url`` spokes (with
+``backend=`` for the WebSocket systems),
 ``start``/``add_event_listener``/``dispatch_event``/``flush``/``drain``/
 ``aclose``, ``stats.received_events``, ``make_event`` and ``BackpressureError``.
 """
@@ -62,8 +63,10 @@ class AlkSubscriber:
         self.delivered = delivered
 
     @classmethod
-    async def open(cls, url: str, topic: str, on_message: OnMessage) -> AlkSubscriber:
-        spoke: Any = transport_from_url(url)
+    async def open(
+        cls, url: str, topic: str, on_message: OnMessage, options: dict[str, Any]
+    ) -> AlkSubscriber:
+        spoke: Any = transport_from_url(url, **options)
         await spoke.start()
         delivered = [0]
 
@@ -88,8 +91,8 @@ class AlkPublisher:
         self.spoke = spoke
 
     @classmethod
-    async def open(cls, url: str) -> AlkPublisher:
-        spoke: Any = transport_from_url(url)
+    async def open(cls, url: str, options: dict[str, Any]) -> AlkPublisher:
+        spoke: Any = transport_from_url(url, **options)
         await spoke.start()
         return cls(spoke)
 
@@ -353,9 +356,13 @@ RAW_CLIENTS: dict[str, type[WebsocketsClient | PicowsClient | IrohClient | NatsC
 }
 
 
+#: Options of the alkpubsub spokes of this run (the WebSocket backend), set per command.
+SPOKE_OPTIONS: dict[str, Any] = {}
+
+
 async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage) -> Subscriber:
     if kind == "alkpubsub":
-        return await AlkSubscriber.open(url, topic, on_message)
+        return await AlkSubscriber.open(url, topic, on_message, SPOKE_OPTIONS)
     client = RAW_CLIENTS[kind](on_message, topic)
     await client.connect(url)
     await client.subscribe(topic)
@@ -364,7 +371,7 @@ async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage
 
 async def open_publisher(kind: str, url: str) -> Publisher:
     if kind == "alkpubsub":
-        return await AlkPublisher.open(url)
+        return await AlkPublisher.open(url, SPOKE_OPTIONS)
     client = RAW_CLIENTS[kind](None, None)
     await client.connect(url)
     return client
@@ -631,6 +638,9 @@ WORKLOADS = {"IDLE": idle_connections, "W1": w1_fanout, "W2": w2_latency, "W3": 
 
 async def run_command(command: dict[str, Any]) -> dict[str, Any]:
     workload = WORKLOADS[command["workload"]]
+    SPOKE_OPTIONS.clear()
+    if command.get("ws_backend"):
+        SPOKE_OPTIONS["backend"] = command["ws_backend"]
     meter = Meter(command["hub_pid"])
     async with asyncio.timeout(COMMAND_TIMEOUT):
         return await workload(command["client"], command["url"], meter, command["scale"])

@@ -169,10 +169,10 @@ class PicowsLink(WSListener):
             msg_type = frame.msg_type
             if msg_type is _TEXT or msg_type is _BINARY:
                 if transport.is_close_frame_sent and self._close_sent is None:
-                    return  # picows is closing the connection for a protocol violation
+                    # picows is closing the connection for a protocol violation
+                    # (e.g. the rest of a frame above max_frame_bytes): drop it.
+                    return
                 if frame.fin and self._fragments is None:
-                    if frame.payload_size > self.max_frame_bytes:
-                        return  # the rest of a frame picows refused (it closes with 1009)
                     self._deliver(frame.get_payload_as_bytes())
                 else:
                     self._fragment(frame, first=True)
