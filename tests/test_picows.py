@@ -147,10 +147,13 @@ async def test_async_authenticate_decides_before_the_upgrade() -> None:
         assert request.remote_address is not None
         assert request.remote_address.startswith("127.0.0.1:")
         assert hub.peers == []
-        async with WebSocketSpoke(hub.url, headers={"Authorization": "Bearer ok"}) as spoke:
+        # A head larger than picows's first read buffer is handed over whole.
+        headers = {"Authorization": "Bearer ok", "X-Large": "y" * 10_000}
+        async with WebSocketSpoke(hub.url, headers=headers) as spoke:
             await within(spoke.flush())
             (peer,) = hub.peers
             assert peer.headers["authorization"] == "Bearer ok"
+            assert peer.headers["x-large"] == "y" * 10_000
             assert peer.path == "/"
 
 

@@ -86,6 +86,9 @@ logger = logging.getLogger(__name__)
 #: with the frame being read (up to max_frame_bytes), the memory bound per peer.
 RECEIVE_QUEUE_BYTES: Final = 256 * 1024
 _RESUME_READING_BYTES: Final = RECEIVE_QUEUE_BYTES // 4
+#: picows's read buffer per connection to start with: it doubles whenever a read
+#: nearly fills it, so busy connections read in large chunks and idle ones stay small.
+READ_BUFFER_BYTES: Final = 4096
 #: The largest HTTP request head the hub reads before an upgrade.
 MAX_REQUEST_HEAD_BYTES: Final = 16 * 1024
 #: Time a client has to send its whole upgrade request (websockets' open_timeout).
@@ -391,6 +394,7 @@ async def open_picows_link(
             # The caller bounds the whole attempt; this one frees the socket of
             # an attempt it gave up on (ws_connect does not on cancellation).
             websocket_handshake_timeout=handshake_timeout,
+            read_buffer_init_size=READ_BUFFER_BYTES,
             # asyncio's (or uvloop's) own transports, as on the hub side and with
             # websockets: the same TLS errors and flow control everywhere.
             use_aiofastnet=False,
@@ -625,7 +629,7 @@ class PicowsAcceptor:
             True,  # enable_auto_pong
             self.hub.max_frame_bytes,
             None,  # extra_headers: client side only
-            16 * 1024,  # read_buffer_init_size (it grows as needed)
+            READ_BUFFER_BYTES,  # read_buffer_init_size
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
