@@ -180,6 +180,22 @@ async def test_plain_http_requests_are_answered_or_refused() -> None:
         assert (await ask(headers)).startswith(b"HTTP/1.1 431 ")
 
 
+async def test_any_refusal_status_and_a_failing_http_handler_are_answered() -> None:
+    async with WebSocketHub(port=0, backend="picows", authenticate=lambda request: 429) as hub:
+        with pytest.raises(InvalidStatus) as refused:
+            await within(connect(hub.url))
+        assert refused.value.response.status_code == 429
+
+        def broken(connection: Any, request: Any) -> None:
+            raise RuntimeError("a bug in the handler")
+
+        assert hub.server is not None
+        hub.server.http_handler = broken
+        with pytest.raises(InvalidStatus) as failed:
+            await within(connect(hub.url))
+        assert failed.value.response.status_code == 500
+
+
 # -- frames --------------------------------------------------------------------------------------
 
 

@@ -444,7 +444,10 @@ def _parse_request_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
 
 def _respond(status: int, text: str) -> Response:
     """A plain-text HTTP response, as websockets' ``connection.respond`` makes it."""
-    phrase = http.HTTPStatus(status).phrase
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:  # a status of the application's own
+        phrase = "Refused" if 400 <= status < 500 else "Error"
     body = text.encode()
     headers = HttpHeaders(
         [
@@ -478,6 +481,7 @@ class _UpgradeGate(asyncio.Protocol):
         self.head = bytearray()
         self.deciding: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.handed_over = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -518,6 +522,19 @@ class _UpgradeGate(asyncio.Protocol):
         self.transport.close()
 
     async def _decide(self, head_end: int) -> None:
+        try:
+            await self._decide_upgrade(head_end)
+        except Exception:
+            logger.exception("failed to serve a WebSocket upgrade request")
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if self.handed_over:
+                transport.abort()
+            else:
+                self._answer(_respond(500, "Internal Server Error\n"))
+
+    async def _decide_upgrade(self, head_end: int) -> None:
         transport = self.transport
         acceptor = self.acceptor
         assert transport is not None
@@ -558,6 +575,7 @@ class _UpgradeGate(asyncio.Protocol):
             return
         self._forget()
         info = {"path": target, "headers": headers, "remote_address": _address(remote_address)}
+        self.handed_over = True
         acceptor._hand_over(transport, bytes(self.head), info)
 
 
