@@ -196,6 +196,46 @@ async def test_any_refusal_status_and_a_failing_http_handler_are_answered() -> N
         assert failed.value.response.status_code == 500
 
 
+async def test_the_protocol_subprotocol_and_in_band_refusals_of_browsers() -> None:
+    async with WebSocketHub(
+        port=0, backend="picows", authenticate=lambda request: "token.ok" in request.subprotocols
+    ) as hub:
+        offered: Any = ["alkpubsub.v1", "token.ok"]
+        client = await within(connect(hub.url, subprotocols=offered))
+        assert client.subprotocol == "alkpubsub.v1"
+        await client.close()
+        with pytest.raises(InvalidStatus) as other:
+            await within(connect(hub.url, subprotocols=["chat", "token.ok"]))  # type: ignore[list-item]
+        assert other.value.response.status_code == 400
+        # Refused: a browser (it sends an Origin) speaking our protocol gets its
+        # WebSocket and then 4403, which it can tell from an outage; others HTTP 403.
+        browser = await within(
+            connect(hub.url, origin="https://app.example.com", subprotocols=["alkpubsub.v1"])  # type: ignore[arg-type, list-item]
+        )
+        assert await within(read_until_closed(browser))
+        assert browser.close_code == CloseCode.FORBIDDEN
+        with pytest.raises(InvalidStatus) as forbidden:
+            await within(connect(hub.url, subprotocols=["alkpubsub.v1"]))  # type: ignore[list-item]
+        assert forbidden.value.response.status_code == 403
+        assert hub.peers == []
+
+
+async def test_allowed_origins_refuse_other_pages() -> None:
+    from alkpubsub.transports.picows import PicowsAcceptor
+
+    acceptor = PicowsAcceptor(port=0, allowed_origins=["https://*.example.com"])
+    hub = WebSocketHub(serve=False, backend="picows")
+    hub.add_acceptor(acceptor)
+    async with hub:
+        assert acceptor.url is not None
+        with pytest.raises(InvalidStatus) as refused:
+            await within(connect(acceptor.url, origin="https://evil.example.org"))  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+        for origin in ("https://app.example.com", None):  # no Origin: not a browser
+            client = await within(connect(acceptor.url, origin=origin))  # type: ignore[arg-type]
+            await client.close()
+
+
 # -- frames --------------------------------------------------------------------------------------
 
 

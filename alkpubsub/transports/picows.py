@@ -21,9 +21,11 @@ them are unchanged. ``WebSocketHub(backend=...)`` and
 - Closing: picows does not answer a close frame by itself; the link does.
 - The upgrade: the hub's ``authenticate`` policy may be a coroutine, but
   picows decides an upgrade synchronously. So a small protocol reads the HTTP
-  request head first (health and metrics paths, path check: 404, ``hub.admit``:
-  401/403, all before any WebSocket frame, as with websockets) and then hands
-  the connection, and the bytes it read, to picows's own protocol.
+  request head first (health and metrics paths, path check: 404, allowed
+  origins: 403, ``hub.admit``: 401/403, all before any WebSocket frame) and
+  then hands the connection, and the bytes it read, to picows's own protocol,
+  which answers 101 (with the ``alkpubsub.v1`` subprotocol when offered). A
+  refused browser that speaks that subprotocol is refused in band (4401/4403).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import fnmatch
 import http
 import logging
 import os
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -50,6 +53,8 @@ from picows import (
     WSProtocolError,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_connect,
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not re-exported
@@ -75,6 +80,8 @@ from .hub import ConnectRequest, HubTarget
 
 __all__ = [
     "RECEIVE_QUEUE_BYTES",
+    "SUBPROTOCOL",
+    "OriginPolicy",
     "PicowsAcceptor",
     "PicowsLink",
     "open_picows_link",
@@ -415,6 +422,28 @@ async def open_picows_link(
 # -- the hub side --------------------------------------------------------------------------
 
 
+#: The WebSocket subprotocol of protocol.md, answered when a client offers it.
+SUBPROTOCOL: Final = "alkpubsub.v1"
+
+
+class OriginPolicy:
+    """Which web pages may open a WebSocket to the hub: ``None`` allows every
+    origin; otherwise exact origins and shell-style patterns, compared
+    case-insensitively. Requests without an ``Origin`` (not from a browser)
+    are allowed. (The websockets acceptor's rule, for this backend.)"""
+
+    def __init__(self, allowed_origins: Iterable[str] | None) -> None:
+        self.patterns = (
+            None if allowed_origins is None else [o.lower().rstrip("/") for o in allowed_origins]
+        )
+
+    def allows(self, origin: str | None) -> bool:
+        if self.patterns is None or origin is None:
+            return True
+        origin = origin.lower().rstrip("/")
+        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.patterns)
+
+
 def _address(value: Any) -> str | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return f"{value[0]}:{value[1]}"
@@ -559,24 +588,42 @@ class _UpgradeGate(asyncio.Protocol):
             self._answer(_respond(404, "Not Found\n"))
             return
         headers = Headers(pairs)
+        origin = headers.get("Origin")
+        if not acceptor.origins.allows(origin):
+            logger.warning("refused a WebSocket from origin %r", origin)
+            self._answer(_respond(403, "Origin not allowed\n"))
+            return
+        offered = _offered_subprotocols(headers.get_all("Sec-WebSocket-Protocol"))
         status = await acceptor.hub.admit(
             ConnectRequest(
                 path=target,
                 headers=headers,
                 remote_address=_address(remote_address),
                 transport="ws",
-                subprotocols=_offered_subprotocols(headers.get_all("Sec-WebSocket-Protocol")),
+                subprotocols=offered,
             )
         )
         if transport.is_closing():
             return
-        if status is not None:
+        # A browser (it sends an Origin) never sees an HTTP status: it is
+        # refused in band, with 4401/4403 once upgraded, if it speaks our protocol.
+        in_band = status is not None and origin is not None and SUBPROTOCOL in offered
+        if status is not None and not in_band:
             self._answer(_respond(status, "Unauthorized\n" if status == 401 else "Forbidden\n"))
+            return
+        if offered and SUBPROTOCOL not in offered:
+            self._answer(_respond(400, f"offer the {SUBPROTOCOL!r} subprotocol\n"))
             return
         self._forget()
         info = {"path": target, "headers": headers, "remote_address": _address(remote_address)}
         self.handed_over = True
-        acceptor._hand_over(transport, bytes(self.head), info)
+        acceptor._hand_over(
+            transport,
+            bytes(self.head),
+            info,
+            subprotocol=SUBPROTOCOL if offered else None,
+            refused=status,
+        )
 
 
 class PicowsAcceptor:
@@ -593,6 +640,7 @@ class PicowsAcceptor:
         close_timeout: float = 2.0,
         ping_interval: float | None = 20.0,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
+        allowed_origins: Iterable[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -601,6 +649,7 @@ class PicowsAcceptor:
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
         self.open_timeout = open_timeout
+        self.origins = OriginPolicy(allowed_origins)
         self._server: asyncio.Server | None = None
         self.hub: HubTarget | None = None
         self.url: str | None = None
@@ -624,19 +673,30 @@ class PicowsAcceptor:
         logger.info("server listening on %s (picows)", self.url)
 
     def _hand_over(
-        self, transport: asyncio.Transport, received: bytes, info: dict[str, Any]
+        self,
+        transport: asyncio.Transport,
+        received: bytes,
+        info: dict[str, Any],
+        *,
+        subprotocol: str | None = None,
+        refused: int | None = None,
     ) -> None:
         """Give an accepted connection to picows: its protocol reads the upgrade
         request again (already decided: it gets the listener at once), answers
-        101, and from then on calls the link for every frame."""
+        101, and from then on calls the link for every frame. A connection
+        ``refused`` in band is closed with 4401/4403 instead of being served."""
         assert self.hub is not None
         link = PicowsLink(self.hub.max_frame_bytes, self._close_timeout)
+        extra = None if subprotocol is None else [("Sec-WebSocket-Protocol", subprotocol)]
+        accepted = WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_101_response(extra_headers=extra), link
+        )
         ping = self._ping_interval
         protocol = WSProtocol(
             None,  # host and port: client side only
             None,  # path: client side only
             False,  # is_client_side
-            lambda request: link,
+            lambda request: accepted,
             _PICOWS_SERVER_LOGGER,
             True,  # disconnect_on_exception
             None,  # handshake timeout: the request is already here
@@ -661,7 +721,12 @@ class PicowsAcceptor:
         transport.resume_reading()
         if link.transport is None:
             return  # picows refused the upgrade itself (a malformed one: HTTP 400)
-        task = asyncio.get_running_loop().create_task(self._serve(link, info))
+        if refused is not None:
+            code = CloseCode.UNAUTHORIZED if refused == 401 else CloseCode.FORBIDDEN
+            closing = link.close(code, "unauthorized" if refused == 401 else "forbidden")
+            task = asyncio.get_running_loop().create_task(closing)
+        else:
+            task = asyncio.get_running_loop().create_task(self._serve(link, info))
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
 
