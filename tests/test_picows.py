@@ -257,6 +257,27 @@ async def test_fragmented_messages_are_reassembled_and_held_to_max_frame_bytes()
         assert heard.payloads == ["x" * 300]
 
 
+async def test_invalid_utf8_text_can_fail_the_connection_with_1007(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alkpubsub.transports.picows import PicowsLink
+
+    monkeypatch.setattr(PicowsLink, "validate_utf8", True)
+    async with WebSocketHub(port=0, backend="picows") as hub:
+        heard = Recorder()
+        hub.add_event_listener("t:1", heard)
+        client = await within(connect(hub.url, compression=None))
+        await client.send(b'{"type":"t","id":"1","payload":"\xff"}')  # binary: dropped (B10)
+        await client.send('{"type":"t","id":"1","payload":"ü"}')  # valid UTF-8 text
+        await heard.wait_for_count(1)
+        assert hub.stats.invalid_frames == 1
+        await client.send([b'{"type":"t",', b'"id":"1","payload":"\xfe"}'], text=True)  # type: ignore[call-arg]
+        assert await within(read_until_closed(client))
+        assert client.close_code == 1007
+        assert hub.stats.invalid_frames == 2
+        assert heard.payloads == ["ü"]
+
+
 async def test_a_spoke_refuses_a_frame_above_its_limit_with_1009() -> None:
     reasons: list[BaseException | None] = []
     lost = asyncio.Event()

@@ -40,7 +40,7 @@ import os
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import urlsplit
 
 from picows import (
@@ -127,6 +127,13 @@ def _text_frame_header(size: int, *, masked: bool = False) -> bytes:
     return bytes((0x81, mask_bit | 127)) + size.to_bytes(8, "big")
 
 
+def _check_utf8(message: bytes) -> None:
+    try:
+        message.decode()
+    except UnicodeDecodeError:
+        raise WSProtocolError(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text frame") from None
+
+
 def _close_reason(reason: str) -> bytes:
     """``reason`` cut to what a close frame carries, on a character boundary."""
     return reason.encode()[:_MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
@@ -135,6 +142,11 @@ def _close_reason(reason: str) -> bytes:
 class PicowsLink(WSListener):
     """A picows connection, client or server side: the picows listener of the
     connection and its ``Link`` (a ``SyncWritableLink``)."""
+
+    #: Fail a text message of invalid UTF-8 with 1007 (RFC 6455 §8.1), as
+    #: websockets does where it decodes text frames. Off, such a message reaches
+    #: the hub or spoke, which drops and counts it like any undecodable one (B10).
+    validate_utf8: ClassVar[bool] = False
 
     def __init__(self, max_frame_bytes: int, close_timeout: float = 2.0) -> None:
         super().__init__()
@@ -149,6 +161,7 @@ class PicowsLink(WSListener):
         self._receiver: asyncio.Future[None] | None = None  # messages() waiting
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
+        self._fragments_text = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_sent: int | None = None  # the code close() sent
@@ -183,8 +196,12 @@ class PicowsLink(WSListener):
                     # (e.g. the rest of a frame above max_frame_bytes): drop it.
                     return
                 if frame.fin and self._fragments is None:
-                    self._deliver(frame.get_payload_as_bytes())
+                    message = frame.get_payload_as_bytes()
+                    if msg_type is _TEXT and self.validate_utf8 and not message.isascii():
+                        _check_utf8(message)
+                    self._deliver(message)
                 else:
+                    self._fragments_text = msg_type is _TEXT
                     self._fragment(frame, first=True)
             elif msg_type is _CONTINUATION:
                 self._fragment(frame, first=False)
@@ -220,6 +237,8 @@ class PicowsLink(WSListener):
         if frame.fin:
             message = b"".join(self._fragments)
             self._fragments = None
+            if self._fragments_text and self.validate_utf8 and not message.isascii():
+                _check_utf8(message)
             self._deliver(message)
 
     def _deliver(self, message: bytes) -> None:
