@@ -40,8 +40,10 @@ from .core.errors import (
     ConnectionRefusedByHubError,
     HubRefusalError,
     LinkClosedError,
+    MissingExtraError,
 )
 from .registry import Transport, transport_from_url
+from .transports.ws_backends import WS_BACKENDS
 
 __all__ = ["main"]
 
@@ -171,6 +173,17 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="wss:// without verifying the hub's certificate (tests only)",
     )
+    _ws_backend_option(group)
+
+
+def _ws_backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--ws-backend",
+        choices=WS_BACKENDS,
+        default="auto",
+        help="WebSocket library: auto (default) = picows if installed (alkpubsub[fast]), "
+        "else websockets; $ALKPUBSUB_WS_BACKEND overrides auto",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help='print the URLs as one JSON object ({"ws": ..., "iroh": ...}) and stats as JSON',
+    )
+    _ws_backend_option(hub)
+    hub.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: auto (default) = uvloop if installed (alkpubsub[fast]), else asyncio's",
     )
     iroh = hub.add_argument_group("Iroh")
     iroh.add_argument(
@@ -338,7 +358,9 @@ def _http_status(exc: BaseException) -> int | None:
     """The HTTP status of a refused WebSocket upgrade, if that is what ``exc`` is."""
     response = getattr(exc.__cause__, "response", None)
     status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
+    if status is None:  # the picows backend's response (alkpubsub[fast])
+        status = getattr(response, "status", None)
+    return int(status) if isinstance(status, int) else None
 
 
 def _nobody_listening(exc: BaseException) -> bool:
@@ -383,12 +405,14 @@ class HubClient:
         }
         if scheme in ("ws", "wss"):
             options["headers"] = dict(args.header)
+            options["backend"] = args.ws_backend
             tls = _client_tls(args) if scheme == "wss" else None
             if tls is not None:
                 options["ssl"] = tls
-        elif args.header or args.cafile or args.insecure:
+        elif args.header or args.cafile or args.insecure or args.ws_backend != "auto":
             raise CliError(
-                "--header, --cafile and --insecure apply to ws:// and wss:// URLs", EXIT_USAGE
+                "--header, --cafile, --insecure and --ws-backend apply to ws:// and wss:// URLs",
+                EXIT_USAGE,
             )
         try:
             return transport_from_url(self.url, **options)
@@ -535,15 +559,19 @@ async def run_hub(args: argparse.Namespace) -> None:
             bridge = transport_from_url(args.bridge, **options)
         except (AlkPubSubError, ValueError, TypeError) as exc:
             raise CliError(f"bad bridge URL {args.bridge!r}: {exc}", EXIT_USAGE) from None
-    hub = WebSocketHub(
-        host=args.host,
-        port=args.port,
-        path=args.path,
-        ssl=_server_tls(args),
-        health_path="/healthz" if args.metrics else None,
-        metrics_path="/metrics" if args.metrics else None,
-        bridge=bridge,
-    )
+    try:
+        hub = WebSocketHub(
+            host=args.host,
+            port=args.port,
+            path=args.path,
+            ssl=_server_tls(args),
+            health_path="/healthz" if args.metrics else None,
+            metrics_path="/metrics" if args.metrics else None,
+            bridge=bridge,
+            backend=args.ws_backend,
+        )
+    except (MissingExtraError, ValueError) as exc:  # --ws-backend, $ALKPUBSUB_WS_BACKEND
+        raise CliError(str(exc)) from None
     iroh_acceptor = _iroh_acceptor(args)
     if iroh_acceptor is not None:
         hub.add_acceptor(iroh_acceptor)
@@ -555,6 +583,10 @@ async def run_hub(args: argparse.Namespace) -> None:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     except Exception as exc:  # the iroh bindings raise their own errors
         raise CliError(f"cannot start the hub: {_describe(exc)}") from None
+    loop = type(asyncio.get_running_loop())
+    logger.info(
+        "WebSocket backend %s, event loop %s.%s", hub.backend, loop.__module__, loop.__name__
+    )
     try:
         iroh_url = None if iroh_acceptor is None else _iroh_url(iroh_acceptor, args.iroh_bind)
         if args.json:
@@ -820,11 +852,26 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] =
 }
 
 
+def _loop_factory(args: argparse.Namespace) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop of the command: ``hub --loop`` (uvloop when installed, as
+    uvicorn does); asyncio's for the others."""
+    choice = getattr(args, "loop", "asyncio")
+    if choice == "asyncio" or (choice == "auto" and not _installed("uvloop")):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise CliError("--loop uvloop needs uvloop: pip install 'alkpubsub[fast]'") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     configure_logging(args)
     try:
-        asyncio.run(COMMANDS[args.command](args))
+        with asyncio.Runner(loop_factory=_loop_factory(args)) as runner:
+            runner.run(COMMANDS[args.command](args))
     except CliError as exc:
         print(f"alkpubsub {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(exc.code)

@@ -9,8 +9,9 @@ Systems (``--systems``, default: every one that can run here):
 nats            nats-server (started here on a free 127.0.0.1 port, no JetStream) + nats-py
 websockets      benchmarks/baseline_ws_hub.py (``broadcast()``) + raw websockets clients
 picows          benchmarks/baseline_picows_hub.py + raw picows clients
-alkpubsub-ws    ``alkpubsub hub`` (ws-hub) + ws-spoke clients
-alkpubsub-ws-plain  the same with sessions and heartbeats off (their cost)
+alkpubsub-ws    ``alkpubsub hub --ws-backend websockets`` (ws-hub) + ws-spoke clients
+alkpubsub-ws-picows  the same on picows (``--ws-backend picows``, ``alkpubsub[fast]``)
+alkpubsub-ws-plain  alkpubsub-ws with sessions and heartbeats off (their cost)
 iroh            benchmarks/baseline_iroh_hub.py + hand-written iroh clients
 alkpubsub-iroh  ``alkpubsub hub --iroh`` + iroh-spoke clients
 
@@ -113,6 +114,7 @@ class System:
     scheme: str
     modules: tuple[str, ...]
     iroh: bool = False
+    ws_backend: str | None = None  # alkpubsub over WebSocket: hub and spokes on this library
 
     def unavailable(self) -> str | None:
         """Why this system cannot run here, or None."""
@@ -151,17 +153,28 @@ SYSTEMS = {
             "alkpubsub-ws",
             "alkpubsub ws-hub + ws-spoke",
             "alkpubsub",
-            ALK_HUB,
+            [*ALK_HUB, "--ws-backend", "websockets"],
             "ws://",
             ("websockets",),
+            ws_backend="websockets",
+        ),
+        System(
+            "alkpubsub-ws-picows",
+            "alkpubsub ws-hub + ws-spoke on picows (`alkpubsub[fast]`)",
+            "alkpubsub",
+            [*ALK_HUB, "--ws-backend", "picows"],
+            "ws://",
+            ("websockets", "picows"),
+            ws_backend="picows",
         ),
         System(
             "alkpubsub-ws-plain",
             "alkpubsub ws-hub + ws-spoke, no sessions, no heartbeat",
             "alkpubsub-plain",
-            ALK_HUB,
+            [*ALK_HUB, "--ws-backend", "websockets"],
             "ws://",
             ("websockets",),
+            ws_backend="websockets",
         ),
         System(
             "iroh",
@@ -289,6 +302,8 @@ class Running:
     def launch(cls, system: System, options: Options) -> Running:
         if system.hub:
             command = [sys.executable, str(HERE / "_benchutil.py"), options.loop, *system.hub]
+            if system.hub[:2] == ALK_HUB[:2]:
+                command += ["--loop", options.loop]  # `alkpubsub hub` would pick uvloop itself
             hub = subprocess.Popen(
                 command, stdout=subprocess.PIPE, text=True, preexec_fn=pinned_to(options.hub_core)
             )
@@ -342,6 +357,7 @@ class Running:
             "url": self.url,
             "hub_pid": self.hub.pid,
             "scale": scale,
+            "ws_backend": self.system.ws_backend,
         }
         assert self.client.stdin is not None
         self.client.stdin.write(json.dumps(command) + "\n")
@@ -569,6 +585,9 @@ RATIO_PAIRS = [
     ("alkpubsub-ws", "websockets"),
     ("alkpubsub-ws", "picows"),
     ("alkpubsub-ws", "alkpubsub-ws-plain"),
+    ("alkpubsub-ws-picows", "nats"),
+    ("alkpubsub-ws-picows", "picows"),
+    ("alkpubsub-ws-picows", "alkpubsub-ws"),
     ("alkpubsub-iroh", "nats"),
     ("alkpubsub-iroh", "iroh"),
 ]

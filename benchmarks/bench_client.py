@@ -10,7 +10,8 @@ payload and its arrival are read from the same clock. CPU is measured over the
 workload's measured interval: this process with ``time.process_time()``, the
 hub (or nats-server) with its process CPU-time clock; both count every thread.
 
-alkpubsub clients use only the public API: ``transport_from_url`` spokes,
+alkpubsub clients use only the public API: ``transport_from_url`` spokes (with
+``backend=`` for the WebSocket systems),
 ``start``/``add_event_listener``/``dispatch_event``/``flush``/``drain``/
 ``aclose``, ``stats.received_events``, ``make_event`` and ``BackpressureError``.
 """
@@ -63,7 +64,7 @@ class AlkSubscriber:
 
     @classmethod
     async def open(
-        cls, url: str, topic: str, on_message: OnMessage, **options: Any
+        cls, url: str, topic: str, on_message: OnMessage, options: dict[str, Any]
     ) -> AlkSubscriber:
         spoke: Any = transport_from_url(url, **options)
         await spoke.start()
@@ -90,7 +91,7 @@ class AlkPublisher:
         self.spoke = spoke
 
     @classmethod
-    async def open(cls, url: str, **options: Any) -> AlkPublisher:
+    async def open(cls, url: str, options: dict[str, Any]) -> AlkPublisher:
         spoke: Any = transport_from_url(url, **options)
         await spoke.start()
         return cls(spoke)
@@ -355,8 +356,10 @@ RAW_CLIENTS: dict[str, type[WebsocketsClient | PicowsClient | IrohClient | NatsC
 }
 
 
-#: alkpubsub client kinds and their spoke options: "alkpubsub-plain" measures what
-#: sessions (acknowledgements) and the heartbeat cost.
+#: Options of the alkpubsub spokes of this run (the WebSocket backend), set per command.
+SPOKE_OPTIONS: dict[str, Any] = {}
+#: alkpubsub client kinds and their own spoke options: "alkpubsub-plain" measures
+#: what sessions (acknowledgements) and the heartbeat cost.
 ALK_CLIENTS: dict[str, dict[str, Any]] = {
     "alkpubsub": {},
     "alkpubsub-plain": {"session": False, "heartbeat_interval": None},
@@ -365,7 +368,8 @@ ALK_CLIENTS: dict[str, dict[str, Any]] = {
 
 async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage) -> Subscriber:
     if kind in ALK_CLIENTS:
-        return await AlkSubscriber.open(url, topic, on_message, **ALK_CLIENTS[kind])
+        options = {**SPOKE_OPTIONS, **ALK_CLIENTS[kind]}
+        return await AlkSubscriber.open(url, topic, on_message, options)
     client = RAW_CLIENTS[kind](on_message, topic)
     await client.connect(url)
     await client.subscribe(topic)
@@ -374,7 +378,7 @@ async def open_subscriber(kind: str, url: str, topic: str, on_message: OnMessage
 
 async def open_publisher(kind: str, url: str) -> Publisher:
     if kind in ALK_CLIENTS:
-        return await AlkPublisher.open(url, **ALK_CLIENTS[kind])
+        return await AlkPublisher.open(url, {**SPOKE_OPTIONS, **ALK_CLIENTS[kind]})
     client = RAW_CLIENTS[kind](None, None)
     await client.connect(url)
     return client
@@ -641,6 +645,9 @@ WORKLOADS = {"IDLE": idle_connections, "W1": w1_fanout, "W2": w2_latency, "W3": 
 
 async def run_command(command: dict[str, Any]) -> dict[str, Any]:
     workload = WORKLOADS[command["workload"]]
+    SPOKE_OPTIONS.clear()
+    if command.get("ws_backend"):
+        SPOKE_OPTIONS["backend"] = command["ws_backend"]
     meter = Meter(command["hub_pid"])
     async with asyncio.timeout(COMMAND_TIMEOUT):
         return await workload(command["client"], command["url"], meter, command["scale"])

@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from alkpubsub.testing import BusHarness, IrohBus, MemoryBus, MixedBus, WebSocketBus
+from alkpubsub.testing import (
+    BusHarness,
+    IrohBus,
+    MemoryBus,
+    MixedBus,
+    PicowsBus,
+    PicowsHubBus,
+    PicowsSpokesBus,
+    WebSocketBus,
+)
+from alkpubsub.transports.ws_backends import ENV_WS_BACKEND, picows_installed
 
 from .js_support import JsDriver, JsRuntimes
 
@@ -19,9 +29,19 @@ BUS_FACTORIES: dict[str, type[BusHarness]] = {
     "ws": WebSocketBus,
     "iroh": IrohBus,
     "mixed": MixedBus,
+    "ws-picows": PicowsBus,
+    "ws-picows-hub": PicowsHubBus,
+    "ws-picows-spokes": PicowsSpokesBus,
 }
-HUB_BUSES = ("ws", "iroh", "mixed")
+HUB_BUSES = ("ws", "iroh", "mixed", "ws-picows", "ws-picows-hub", "ws-picows-spokes")
 NEEDS_LOOPBACK_ONLY = {"iroh", "mixed"}
+NEEDS_PICOWS = {"ws-picows", "ws-picows-hub", "ws-picows-spokes"}
+
+# Tests that do not ask for a WebSocket backend run on websockets, the default
+# dependency, whether or not picows is installed (backend="auto" would pick it);
+# the picows buses and tests/test_picows.py ask for picows explicitly
+# (ALKPUBSUB_WS_BACKEND=picows pytest runs everything else on picows too).
+os.environ.setdefault(ENV_WS_BACKEND, "websockets")
 
 
 def visible_non_loopback_interfaces() -> list[str]:
@@ -43,9 +63,49 @@ def loopback_only() -> None:
         pytest.skip(message)
 
 
+@pytest.fixture
+def picows_backend() -> None:
+    """The picows backend is an extra (``alkpubsub[fast]``); under CI it must be there."""
+    if not picows_installed():
+        message = "picows is not installed: pip install -e '.[fast]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+#: Modules whose every test runs twice: on websockets and on picows (the
+#: WebSocket backends); tests/test_picows.py has picows's own tests.
+ON_BOTH_WS_BACKENDS = {
+    "tests.test_ws",
+    "tests.test_ws_integrations",
+    "tests.test_metrics",
+    "tests.test_deployment",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in ON_BOTH_WS_BACKENDS:
+        metafunc.parametrize("ws_backend", ["websockets", "picows"], indirect=True)
+
+
+@pytest.fixture(autouse=True)  # autouse: set up before the hubs it configures
+def ws_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """In ON_BOTH_WS_BACKENDS, hubs and spokes created with the default
+    ``backend="auto"`` run on the backend of the test's parameter."""
+    backend: str | None = getattr(request, "param", None)
+    if backend is None:
+        return None
+    if backend == "picows":
+        request.getfixturevalue("picows_backend")
+    monkeypatch.setenv(ENV_WS_BACKEND, backend)
+    return backend
+
+
 def harness_for(request: pytest.FixtureRequest, name: str) -> BusHarness:
     if name in NEEDS_LOOPBACK_ONLY:
         request.getfixturevalue("loopback_only")
+    if name in NEEDS_PICOWS:
+        request.getfixturevalue("picows_backend")
     return BUS_FACTORIES[name]()
 
 

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks" / "bench.py"
-WS_SYSTEMS = ["websockets", "picows", "alkpubsub-ws"]
+WS_SYSTEMS = ["websockets", "picows", "alkpubsub-ws", "alkpubsub-ws-picows"]
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -93,5 +93,5 @@ def test_quick_benchmark_completes_without_loss_and_writes_json_and_docs(
     assert written.count("<!-- bench:begin") == 1
     assert written.count("<!-- bench:end -->") == 1
     assert "QUICK MODE" in written
-    for label in ("alkpubsub ws-hub + ws-spoke", "hand-written picows hub"):
+    for label in ("alkpubsub ws-hub + ws-spoke", "hand-written picows hub", "on picows"):
         assert label in written

@@ -28,8 +28,8 @@ from . import control
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
 from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event, validate_topic
 from .errors import BackpressureError, DecodeError, TargetClosedError
-from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .history import StreamPosition
+from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
 from .session import Receipts, SentLog
 
@@ -228,7 +228,7 @@ class SubscriptionForwarder:
         topic: str,
         listener: Listener | None,
         *,
-        since: StreamPosition | str | None | _NotGiven = NOT_GIVEN,
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> None:
         """Register ``listener``. With ``since`` (a ``StreamPosition``, its string,
         or None for "from now"), the topic's stream positions are tracked and,

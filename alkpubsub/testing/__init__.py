@@ -30,6 +30,7 @@ from .harness import (
     StalledSubscriber,
     WebSocketBus,
 )
+from .harness_picows import PicowsBus, PicowsHubBus, PicowsSpokesBus
 from .helpers import DEFAULT_TIMEOUT, Recorder, publish_all, within
 from .redis import BridgedBus, BrokerBus, RedisBus, RedisServer
 from .suite import CoreConformance, HubConformance, ReconnectConformance
@@ -63,4 +64,7 @@ __all__ = [
     "PayloadConformance",
     "ListenerCounting",
     "SubscriptionConformance",
+    "PicowsBus",
+    "PicowsHubBus",
+    "PicowsSpokesBus",
 ]

@@ -224,7 +224,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         topic: str,
         listener: Listener | None,
         *,
-        since: StreamPosition | str | None | _NotGiven = NOT_GIVEN,
+        since: StreamPosition | str | _NotGiven | None = NOT_GIVEN,
     ) -> None:
         """Register ``listener`` for ``topic``. ``since`` (a ``StreamPosition``
         or None for "from now") tracks the topic's stream positions

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -44,6 +44,10 @@ from ..core.headers import Headers
 from .hub import Authenticate, ConnectRequest, HubTarget
 from .link import Link
 from .spoke import SpokeTarget
+from .ws_backends import WsBackend, resolve_ws_backend
+
+if TYPE_CHECKING:
+    from .picows import PicowsAcceptor
 
 __all__ = [
     "Authenticate",
@@ -475,6 +479,17 @@ class WebSocketAcceptor:
             await self._server.wait_closed()
 
 
+def _acceptor_class(
+    backend: str,
+) -> type[WebSocketAcceptor] | type[PicowsAcceptor]:
+    """Backend hook: the standalone server of a hub on ``backend``."""
+    if backend == "picows":
+        from .picows import PicowsAcceptor
+
+        return PicowsAcceptor
+    return WebSocketAcceptor
+
+
 class WebSocketHub(HubTarget):
     """A WebSocket hub: a standalone server (``serve=True``) and/or
     framework-mounted connections (``serve_connection`` / ``add_connection``)."""
@@ -495,14 +510,17 @@ class WebSocketHub(HubTarget):
         ping_interval: float | None = 20.0,
         health_path: str | None = None,
         metrics_path: str | None = None,
+        backend: WsBackend = "auto",
         **hub_options: Any,
     ) -> None:
         super().__init__(close_timeout=close_timeout, authenticate=authenticate, **hub_options)
         self.path = path
         self.origins = OriginPolicy(allowed_origins)
-        self.server: WebSocketAcceptor | None = None
+        self.server: WebSocketAcceptor | PicowsAcceptor | None = None
+        # Backend hook (docs/websocket.md, "Backends"): the library of the own server.
+        self.backend = resolve_ws_backend(backend)
         if serve:
-            self.server = WebSocketAcceptor(
+            self.server = _acceptor_class(self.backend)(
                 host=host,
                 port=port,
                 path=path,
@@ -599,6 +617,7 @@ class WebSocketSpoke(SpokeTarget):
         headers: Mapping[str, str] | None = None,
         ssl: ssl_module.SSLContext | None = None,
         ping_interval: float | None = 20.0,
+        backend: WsBackend = "auto",
         **spoke_options: Any,
     ) -> None:
         scheme = urlsplit(url).scheme
@@ -609,12 +628,24 @@ class WebSocketSpoke(SpokeTarget):
         self._headers = dict(headers or {})
         self._ssl = ssl
         self._ping_interval = ping_interval
+        self.backend = resolve_ws_backend(backend)  # backend hook (docs/websocket.md)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> WebSocketSpoke:
         return cls(url, **options)
 
     async def open_link(self) -> Link:
+        if self.backend == "picows":  # backend hook (docs/websocket.md, "Backends")
+            from .picows import open_picows_link
+
+            return await open_picows_link(
+                self.url,
+                max_frame_bytes=self.max_frame_bytes,
+                headers=self._headers,
+                ssl=self._ssl,
+                ping_interval=self._ping_interval,
+                handshake_timeout=self.connect_timeout,
+            )
         tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
         try:
             ws = await connect(
