@@ -330,6 +330,11 @@ class SubscriptionForwarder:
         """Data frames accepted and not yet confirmed by the hub."""
         return self._queue.data_frames + len(self._outbox) + len(self.sent)
 
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes queued for the current link and not yet taken by a writer."""
+        return self._queue.nbytes
+
     def drained(self) -> bool:
         """True when a publisher waiting in ``drain()`` may go on (low-water mark)."""
         if self.state is SpokeState.OPEN:

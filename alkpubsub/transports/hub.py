@@ -46,7 +46,7 @@ from ..core.router import (
 )
 from ..target import BaseEventTarget, call_user
 from .bridge import BridgeTarget, HubBridge, StatusCallback
-from .link import LINK_ERRORS, Link, SyncWritableLink, write_loop
+from .link import LINK_ERRORS, Link, SoonWriter, SyncWritableLink, write_loop
 
 __all__ = ["Acceptor", "Authenticate", "Authorize", "ConnectRequest", "HubTarget"]
 
@@ -101,25 +101,32 @@ class _Served:
     """The shell's side of one served link."""
 
     __slots__ = (
+        "_router",
         "announced",
         "closing",
         "conn",
         "link",
-        "scheduled",
-        "sync_link",
+        "soon",
         "tasks",
         "wake",
     )
 
-    def __init__(self, conn: HubConnection, link: Link) -> None:
+    def __init__(self, conn: HubConnection, link: Link, router: HubRouter) -> None:
         self.conn = conn  # a resume switches it to the session's connection
         self.link = link
         self.tasks: tuple[asyncio.Task[None], ...] = ()  # reader and writer
         self.closing: asyncio.Task[None] | None = None  # the hub closing the link
         self.wake = asyncio.Event()  # the writer task's
-        self.scheduled = False  # a write at the end of this loop iteration is due
-        self.sync_link = link if isinstance(link, SyncWritableLink) else None
         self.announced = False  # on_connection was called for its spoke
+        #: Where the link can write without awaiting: a write at the end of the
+        #: loop iteration instead of a task switch per frame (set by the hub).
+        self.soon: SoonWriter | None = None
+        self._router = router
+
+    def take(self, max_bytes: int | None) -> list[bytes]:
+        """What the router queued for this link (nothing once it is cut off)."""
+        conn = self.conn
+        return self._router.take_outgoing(conn, max_bytes) if conn.open else []
 
 
 class HubTarget(BaseEventTarget):
@@ -377,14 +384,18 @@ class HubTarget(BaseEventTarget):
                 return
         peer = Peer(spoke_id=self.router.new_spoke_id(), **_peer_fields(peer_info))
         conn = self.router.connect(peer)
-        served = self._served[conn] = _Served(conn, link)
+        served = self._served[conn] = _Served(conn, link, self.router)
+        if isinstance(link, SyncWritableLink):
+            served.soon = SoonWriter(
+                link, served.wake, served.take, lambda: self._after_send(served.conn, link)
+            )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._serving.add(done)
         writer = self.spawn(
             write_loop(
                 link,
                 served.wake,
-                lambda max_bytes: self.router.take_outgoing(served.conn, max_bytes),
+                served.take,
                 lambda: self._after_send(served.conn, link),
             )
         )
@@ -490,32 +501,12 @@ class HubTarget(BaseEventTarget):
             self.bridge.service()
 
     def _schedule_write(self, served: _Served) -> None:
-        """Where the link can write without awaiting, the write happens at the
-        end of the current loop iteration (``call_soon``): every frame fanned
-        out in that iteration goes out in one write, with no task switch per
-        frame. Otherwise, or while the transport is flow-controlled, the
-        connection's writer task is woken (it awaits the drain)."""
-        if served.sync_link is None:
+        """Write at the end of this loop iteration where the link can (see
+        ``SoonWriter``), else wake the connection's writer task."""
+        if served.soon is None:
             served.wake.set()
-        elif not served.scheduled:
-            served.scheduled = True
-            asyncio.get_running_loop().call_soon(self._write_now, served)
-
-    def _write_now(self, served: _Served) -> None:
-        served.scheduled = False
-        conn, link = served.conn, served.sync_link
-        assert link is not None
-        if not conn.open or not conn.queue:
-            return
-        if not link.writable_now():
-            served.wake.set()
-            return
-        try:
-            link.write_nowait(self.router.take_outgoing(conn))
-        except Exception:
-            served.wake.set()  # the writer task meets the error and ends the link
-            return
-        self._after_send(conn, link)
+        else:
+            served.soon.schedule()
 
     def _after_send(self, conn: HubConnection, link: Link) -> None:
         self.router.report_transport_buffered(conn, link.transport_buffered())

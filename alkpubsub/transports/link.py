@@ -32,11 +32,22 @@ from typing import Final, Protocol, runtime_checkable
 from ..core.close import CloseCode
 from ..core.errors import FramingError
 
-__all__ = ["LINK_ERRORS", "WRITE_CHUNK_BYTES", "Link", "SyncWritableLink", "write_loop"]
+__all__ = [
+    "LINK_ERRORS",
+    "WRITE_CHUNK_BYTES",
+    "Link",
+    "SoonWriter",
+    "SyncWritableLink",
+    "write_loop",
+]
 
 #: Bytes handed to a link per ``send``: large enough to coalesce, small
 #: enough that one write does not monopolise the loop.
 WRITE_CHUNK_BYTES: Final = 256 * 1024
+
+#: Queued but unwritten bytes past which a spoke writes at once, without waiting
+#: for the end of the loop iteration (a publisher looping on dispatch_event).
+WRITE_THROUGH_BYTES: Final = 64 * 1024
 
 #: What a link raises when the network, not our code, failed.
 LINK_ERRORS: Final = (ConnectionError, OSError, TimeoutError, FramingError)
@@ -90,3 +101,53 @@ async def write_loop(
             continue
         await link.send(frames)
         after_send()
+
+
+class SoonWriter:
+    """Writes a ``SyncWritableLink`` at the end of the loop iteration in which
+    frames were queued (``loop.call_soon``): everything queued in that
+    iteration goes out in one write, with no task switch per frame (what
+    ``websockets.broadcast`` does). While the transport is flow-controlled, or
+    when the write fails, the link's writer task is woken instead: it awaits
+    the drain, or meets the error and ends the link. Used by hubs and spokes."""
+
+    __slots__ = ("_after_send", "_link", "_scheduled", "_take", "_wake")
+
+    def __init__(
+        self,
+        link: SyncWritableLink,
+        wake: asyncio.Event,
+        take: Callable[[int | None], list[bytes]],
+        after_send: Callable[[], None],
+    ) -> None:
+        self._link = link
+        self._wake = wake
+        self._take = take
+        self._after_send = after_send
+        self._scheduled = False
+
+    def schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def write_now(self) -> None:
+        """Write what is queued now (a publisher that queues a lot without
+        yielding to the loop would otherwise hold it all until it awaits)."""
+        self._write()
+
+    def _write(self) -> None:
+        self._scheduled = False
+        link = self._link
+        if not link.writable_now():
+            self._wake.set()
+            return
+        frames = self._take(None)
+        if not frames:
+            return
+        try:
+            link.write_nowait(frames)
+        except Exception:
+            self._wake.set()  # the writer task meets the error and ends the link
+            return
+        self._after_send()

@@ -47,7 +47,14 @@ from ..core.history import StreamPosition
 from ..core.listeners import Listener, ListenerErrorHandler
 from ..core.session import Liveness
 from ..target import BaseEventTarget, call_user
-from .link import LINK_ERRORS, Link, write_loop
+from .link import (
+    LINK_ERRORS,
+    WRITE_THROUGH_BYTES,
+    Link,
+    SoonWriter,
+    SyncWritableLink,
+    write_loop,
+)
 
 __all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
@@ -147,6 +154,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._ping_waiters: dict[str, asyncio.Future[bool]] = {}
         self._reported_bugs: set[type[BaseException]] = set()
         self._announced_close: Closing | None = None  # the hub's __close on this link
+        self._soon: SoonWriter | None = None  # the link's write-soon path, if it has one
         self.connect_attempts = 0
         self.last_error: BaseException | None = None
         self.connections_made = 0
@@ -242,16 +250,25 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._kick()
 
     def dispatch_event(self, event: Event) -> bool:
-        result = self._forwarder.dispatch(event)
-        self._kick()
+        forwarder = self._forwarder
+        result = forwarder.dispatch(event)
+        if forwarder.wants_write:
+            self._kick()
+        elif self._soon is not None and forwarder.unwritten_bytes >= WRITE_THROUGH_BYTES:
+            self._soon.write_now()  # a publisher in a loop: do not hold it all
         return result
 
     def _kick(self) -> None:
-        """Wake the writer if the forwarder queued output for the link."""
+        """Write (soon) what the forwarder queued for the link: at the end of
+        this loop iteration where the link can write without awaiting, else
+        by the writer task."""
         forwarder = self._forwarder
         if forwarder.wants_write:
             forwarder.wants_write = False
-            self._wake.set()
+            if self._soon is not None:
+                self._soon.schedule()
+            else:
+                self._wake.set()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once the hub processed everything sent before (B4).
@@ -396,6 +413,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         """Serve one link until it ends; returns why it ended (None: normal close)."""
         forwarder = self._forwarder
         self._announced_close = None
+        if isinstance(link, SyncWritableLink):
+            self._soon = SoonWriter(link, self._wake, forwarder.take_outgoing, self._after_send)
         forwarder.connection_made()
         self._changed()
         self._kick()
@@ -423,6 +442,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 )
             reason = self._announced_reason(_without_frames(reason))
         finally:
+            self._soon = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
