@@ -32,6 +32,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import ValidationError
 
 from ._version import __version__
+from .core.close import CloseCode
 from .core.codec import DEFAULT_MAX_FRAME_BYTES, encode_envelope
 from .core.envelope import Event, EventEnvelope, make_event, validate_topic
 from .core.errors import (
@@ -439,7 +440,7 @@ class HubClient:
         self.connected_once = True
 
     def _on_disconnect(self, reason: BaseException | None) -> None:
-        if isinstance(reason, LinkClosedError) and reason.code == 1008:
+        if isinstance(reason, LinkClosedError) and reason.code == CloseCode.POLICY_VIOLATION:
             self.fail(CliError(f"hub closed the connection: {reason}"))
         elif self.status_lines:
             why = f" ({reason})" if reason is not None else ""

@@ -12,6 +12,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # the hub is shutting down
     PROTOCOL_ERROR = 1002  # framing violation (F2), handshake failure
+    UNSUPPORTED_DATA = 1003  # a message type the endpoint does not accept
     INVALID_DATA = 1007
     POLICY_VIOLATION = 1008  # refused peer (Iroh allow-list), too many invalid frames
     MESSAGE_TOO_BIG = 1009  # E6

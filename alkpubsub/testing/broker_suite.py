@@ -14,11 +14,19 @@ import asyncio
 import pytest
 
 from ..core.envelope import make_event
+from ..target import TypedEventTarget
+from ..transports.bridge import BridgeTarget
 from .harness import BusHarness
 from .helpers import Recorder, within
 from .redis import BrokerBus
 
 __all__ = ["BrokerReconnectConformance"]
+
+
+def reconnecting(target: TypedEventTarget) -> BridgeTarget:
+    """A broker bus's target, which reports its connection (``wait_connected``)."""
+    assert isinstance(target, BridgeTarget), f"{target!r} cannot report its connection"
+    return target
 
 
 @pytest.mark.asyncio
@@ -37,14 +45,14 @@ class BrokerReconnectConformance:
             await within(target.flush())
 
         async def while_down() -> None:
-            await within(alice.wait_disconnected())  # type: ignore[attr-defined]
-            await within(bob.wait_disconnected())  # type: ignore[attr-defined]
+            await within(reconnecting(alice).wait_disconnected())
+            await within(reconnecting(bob).wait_disconnected())
             for i in range(3):
                 alice.dispatch_event(make_event("b7", "t", f"offline-{i}"))
 
         await within(bus.restart_broker(before_start=while_down), 30)
-        await within(alice.wait_connected())  # type: ignore[attr-defined]
-        await within(bob.wait_connected())  # type: ignore[attr-defined]
+        await within(reconnecting(alice).wait_connected())
+        await within(reconnecting(bob).wait_connected())
         expected = [f"offline-{i}" for i in range(3)]
         await alice_heard.wait_until(lambda r: r.payloads == expected)
         await within(bob.flush())
@@ -73,8 +81,8 @@ class BrokerReconnectConformance:
         await within(bus.restart_broker(), 30)
         await within(lost.wait())
         assert isinstance(reasons[0], ConnectionError)
-        await within(listener.wait_connected())  # type: ignore[attr-defined]
-        await within(publisher.wait_connected())  # type: ignore[attr-defined]
+        await within(reconnecting(listener).wait_connected())
+        await within(reconnecting(publisher).wait_connected())
         await within(listener.flush())
         publisher.dispatch_event(make_event("b7r", "t", "after"))
         await heard.wait_for_payload("after")

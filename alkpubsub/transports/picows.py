@@ -106,7 +106,14 @@ _BINARY: Final = WSMsgType.BINARY
 _CONTINUATION: Final = WSMsgType.CONTINUATION
 _CLOSE: Final = WSMsgType.CLOSE
 #: Close codes picows sends itself when the peer broke the protocol.
-_VIOLATION_CODES: Final = frozenset({1002, 1003, 1007, 1009})
+_VIOLATION_CODES: Final = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+    }
+)
 #: RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
 _MAX_CLOSE_REASON_BYTES: Final = 123
 #: Text frame headers for payloads under 126 bytes: unmasked (server to

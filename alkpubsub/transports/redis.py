@@ -45,6 +45,7 @@ from redis.exceptions import (
 )
 
 from ..core import control
+from ..core.close import CloseCode
 from ..core.codec import encode_envelope
 from ..core.errors import ConnectionRefusedByHubError, HubRefusalError, TargetClosedError
 from ..core.forwarder import ForwarderStats
@@ -370,7 +371,7 @@ class RedisLink:
     def transport_buffered(self) -> int:
         return 0  # send() returns once Redis answered
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         for connection in (self._sub, self._pub):
             with contextlib.suppress(Exception):
                 await connection.disconnect(nowait=True)
