@@ -437,3 +437,28 @@ async def test_authenticate_sees_headers_and_may_accept() -> None:
         with pytest.raises(ConnectionError):
             await bad.start()
     assert seen[0].remote_address is not None
+
+
+def test_dispatch_between_runs_of_the_loop_is_written_when_it_runs_again() -> None:
+    """A program that drives its loop step by step (run_until_complete) may
+    publish while the loop is not running: the spoke queues the event and
+    writes it on the link's loop, without needing a running loop. (Both
+    backends: this module runs on each.)"""
+    loop = asyncio.new_event_loop()
+    try:
+        hub = WebSocketHub(port=0)
+        loop.run_until_complete(within(hub.start()))
+        publisher = WebSocketSpoke(hub.url)
+        listener = WebSocketSpoke(hub.url)
+        heard = Recorder()
+        listener.add_event_listener("step:1", heard)
+        for spoke in (publisher, listener):
+            loop.run_until_complete(within(spoke.start()))
+        loop.run_until_complete(within(listener.flush()))
+        publisher.dispatch_event(make_event("step", "1", "between runs"))  # loop not running
+        loop.run_until_complete(heard.wait_for_payload("between runs"))
+        assert heard.payloads == ["between runs"]
+        for target in (publisher, listener, hub):
+            loop.run_until_complete(within(target.aclose()))
+    finally:
+        loop.close()

@@ -111,7 +111,7 @@ class SoonWriter:
     when the write fails, the link's writer task is woken instead: it awaits
     the drain, or meets the error and ends the link. Used by hubs and spokes."""
 
-    __slots__ = ("_after_send", "_link", "_scheduled", "_take", "_wake")
+    __slots__ = ("_after_send", "_link", "_loop", "_scheduled", "_take", "_wake")
 
     def __init__(
         self,
@@ -125,11 +125,14 @@ class SoonWriter:
         self._take = take
         self._after_send = after_send
         self._scheduled = False
+        # The link's loop, not the caller's running one: dispatch_event may be
+        # called between runs of that loop (run_until_complete step by step).
+        self._loop = asyncio.get_running_loop()
 
     def schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._write)
+            self._loop.call_soon(self._write)
 
     def write_now(self) -> None:
         """Write what is queued now (a publisher that queues a lot without
