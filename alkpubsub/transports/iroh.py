@@ -541,6 +541,7 @@ class IrohSpoke(SpokeTarget):
 
     transport_name = "iroh-spoke"
     url_schemes: ClassVar[tuple[str, ...]] = ("iroh",)
+    default_dial_stagger: ClassVar[float] = 1.0
 
     def __init__(
         self,

@@ -60,6 +60,9 @@ __all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
 #: How long a spoke whose write failed waits for its reader to say why the link ended.
 READER_GRACE = 0.5
+#: Staggered dials in flight at once (``dial_stagger``): one new packet
+#: about every second over the first ten while the oldest back off.
+MAX_PARALLEL_DIALS = 4
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
 
     #: URL schemes this transport serves through ``transport_from_url``.
     url_schemes: ClassVar[tuple[str, ...]] = ()
+    #: ``dial_stagger`` when the caller gives none (0: one dial at a time).
+    default_dial_stagger: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         max_outgoing_bytes: int = DEFAULT_MAX_OUTGOING_BYTES,
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
         connect_timeout: float = 10.0,
+        dial_stagger: float | None = None,
         wait_connected: bool = True,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
@@ -120,6 +126,8 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                 raise ValueError(f"{name} must be positive")
         if flush_timeout is not None and flush_timeout <= 0:
             raise ValueError("flush_timeout must be positive (or None: wait forever)")
+        if dial_stagger is not None and dial_stagger < 0:
+            raise ValueError("dial_stagger must be >= 0 (0: one dial at a time)")
         self._liveness_args = (
             None if heartbeat_interval is None else (heartbeat_interval, heartbeat_timeout)
         )
@@ -136,6 +144,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             heartbeat=heartbeat_interval,
         )
         self.connect_timeout = connect_timeout
+        self.dial_stagger = self.default_dial_stagger if dial_stagger is None else dial_stagger
         self.flush_timeout = flush_timeout
         self.close_timeout = close_timeout
         self._wait_connected = wait_connected
@@ -371,7 +380,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._changed()
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    link = await self.open_link()
+                    link = await self._dial()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -408,6 +417,48 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             failures = 0 if loop.time() - up_since > self.backoff_max else failures + 1
             call_user(self._on_disconnect, reason, log=logger)
             await asyncio.sleep(self.backoff_delay(failures - 1 if failures else 0))
+
+    async def _dial(self) -> Link:
+        """``open_link``, staggered: a dial still pending after ``dial_stagger``
+        seconds gets a fresh one alongside (up to ``MAX_PARALLEL_DIALS``) and
+        the first link wins. A handshake whose first packets fell into a brief
+        outage is retried on QUIC's or TCP's exponential timers (1, 3, 7 s ...);
+        a fresh dial sends at once, and a slow but working one is never cut."""
+        if not self.dial_stagger:
+            return await self.open_link()
+        pending: set[asyncio.Task[Link]] = set()
+        failure: BaseException | None = None
+        try:
+            while True:
+                if failure is None and len(pending) < MAX_PARALLEL_DIALS:
+                    pending.add(asyncio.ensure_future(self.open_link()))
+                done, pending = await asyncio.wait(
+                    pending, timeout=self.dial_stagger, return_when=asyncio.FIRST_COMPLETED
+                )
+                links = [t for t in done if not t.cancelled() and t.exception() is None]
+                for extra in links[1:]:
+                    self._close_unused_link(extra)
+                if links:
+                    return links[0].result()
+                for task in done:
+                    failure = (
+                        ConnectionError("dial cancelled") if task.cancelled() else task.exception()
+                    )
+                    assert failure is not None
+                    if isinstance(failure, ConnectionRefusedByHubError) or not pending:
+                        raise failure from None  # the others will not do better
+        finally:
+            for task in pending:
+                task.cancel()
+                task.add_done_callback(self._close_unused_link)
+
+    def _close_unused_link(self, dial: asyncio.Task[Link]) -> None:
+        """A dial that lost the race but opened a link: closed unused."""
+        if dial.cancelled() or dial.exception() is not None:
+            return
+        closing = asyncio.ensure_future(dial.result().close(CloseCode.NORMAL))
+        self._closing_links.add(closing)
+        closing.add_done_callback(self._closing_links.discard)
 
     async def _run_link(self, link: Link) -> BaseException | None:
         """Serve one link until it ends; returns why it ended (None: normal close)."""
