@@ -446,7 +446,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                     )
                     assert failure is not None
                     if isinstance(failure, ConnectionRefusedByHubError) or not pending:
-                        raise failure from None  # the others will not do better
+                        raise failure  # the others will not do better (its __cause__ kept)
         finally:
             for task in pending:
                 task.cancel()
