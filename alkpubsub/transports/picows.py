@@ -176,6 +176,13 @@ class PicowsLink(WSListener):
         self._ended = False
         self._outcome: BaseException | None = None  # what messages() raises at the end
         self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Its dial was given up on (cancelled): never used, disconnected once up.
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        if self.transport is not None:
+            self.transport.disconnect()
 
     @property
     def received_bytes(self) -> int:
@@ -193,6 +200,8 @@ class PicowsLink(WSListener):
         self.transport = transport
         self._underlying = transport.underlying_transport
         self._server_side = not transport.is_client_side
+        if self.abandoned:
+            transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         try:
@@ -407,8 +416,14 @@ async def open_picows_link(
 ) -> PicowsLink:
     """Connect to a WebSocket hub with picows; errors as ``WebSocketSpoke`` raises them."""
 
+    made: list[PicowsLink] = []
+    gave_up = False
+
     def listener_factory(request: WSUpgradeRequest, response: Any) -> PicowsLink:
-        return PicowsLink(max_frame_bytes, close_timeout)
+        link = PicowsLink(max_frame_bytes, close_timeout)
+        link.abandoned = gave_up
+        made.append(link)
+        return link
 
     keepalive: dict[str, Any] = {}
     if ping_interval is not None:
@@ -433,6 +448,14 @@ async def open_picows_link(
             use_aiofastnet=False,
             **keepalive,
         )
+    except asyncio.CancelledError:
+        # ws_connect shields the upgrade: cancelled (connect_timeout, a staggered
+        # dial that lost) while it is under way, it still completes, and that
+        # connection would stay open, owned by nobody.
+        gave_up = True
+        for made_link in made:
+            made_link.abandon()
+        raise
     except WSHandshakeError as exc:
         status = None if exc.response is None else int(exc.response.status)
         if status in (401, 403):

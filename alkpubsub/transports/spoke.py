@@ -60,9 +60,10 @@ __all__ = ["SessionInfo", "SpokeState", "SpokeTarget"]
 
 #: How long a spoke whose write failed waits for its reader to say why the link ended.
 READER_GRACE = 0.5
-#: Staggered dials in flight at once (``dial_stagger``): one new packet
-#: about every second over the first ten while the oldest back off.
-MAX_PARALLEL_DIALS = 4
+#: Staggered dials in flight at once (``dial_stagger``): with a stagger of
+#: 1 s, a fresh handshake packet about every second over the first ten while
+#: the older dials back off.
+MAX_PARALLEL_DIALS = 3
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._on_undelivered = on_undelivered
         self._supervisor: asyncio.Task[None] | None = None
         self._closing_links: set[asyncio.Task[None]] = set()  # links given up on
+        self._dials: set[asyncio.Task[Link]] = set()  # staggered dials in flight
         self._wake = asyncio.Event()  # the writer's: the queue has frames
         self._state_changed = asyncio.Event()  # replaced at every transition
         self._drained = asyncio.Event()
@@ -358,8 +360,11 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        if self._dials:  # cancelled; one that still opens a link closes it unused
+            await asyncio.wait(self._dials, timeout=self.close_timeout)
         # Each bounded by the link's own close timeout.
-        await asyncio.gather(*self._closing_links, return_exceptions=True)
+        while self._closing_links:
+            await asyncio.gather(*self._closing_links, return_exceptions=True)
         if undelivered:
             self._report_undelivered(undelivered, "the target closed before the hub confirmed them")
 
@@ -427,11 +432,13 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         if not self.dial_stagger:
             return await self.open_link()
         pending: set[asyncio.Task[Link]] = set()
-        failure: BaseException | None = None
         try:
             while True:
-                if failure is None and len(pending) < MAX_PARALLEL_DIALS:
-                    pending.add(asyncio.ensure_future(self.open_link()))
+                if len(pending) < MAX_PARALLEL_DIALS:
+                    dial = asyncio.ensure_future(self.open_link())
+                    self._dials.add(dial)
+                    dial.add_done_callback(self._dials.discard)
+                    pending.add(dial)
                 done, pending = await asyncio.wait(
                     pending, timeout=self.dial_stagger, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -440,13 +447,10 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
                     self._close_unused_link(extra)
                 if links:
                     return links[0].result()
-                for task in done:
-                    failure = (
-                        ConnectionError("dial cancelled") if task.cancelled() else task.exception()
-                    )
-                    assert failure is not None
-                    if isinstance(failure, ConnectionRefusedByHubError) or not pending:
-                        raise failure  # the others will not do better (its __cause__ kept)
+                if done:
+                    # An answer (refused, nothing listening, an HTTP error) is
+                    # fresher news than a dial still waiting: backed off as usual.
+                    raise _first_failure(done)
         finally:
             for task in pending:
                 task.cancel()
@@ -637,3 +641,14 @@ def _without_frames(reason: BaseException | None) -> BaseException | None:
         reason.__context__ = None
         reason.__cause__ = None
     return reason
+
+
+def _first_failure(dials: set[asyncio.Task[Link]]) -> BaseException:
+    """Why dials failed: a refusal by the hub first (it is final news)."""
+    failures = [
+        ConnectionError("dial cancelled") if dial.cancelled() else dial.exception()
+        for dial in dials
+    ]
+    found = [failure for failure in failures if failure is not None]
+    refusal = next((f for f in found if isinstance(f, ConnectionRefusedByHubError)), None)
+    return refusal or found[0]

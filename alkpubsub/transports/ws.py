@@ -609,7 +609,6 @@ class WebSocketSpoke(SpokeTarget):
 
     transport_name = "ws-spoke"
     url_schemes: ClassVar[tuple[str, ...]] = ("ws", "wss")
-    default_dial_stagger: ClassVar[float] = 1.0
 
     def __init__(
         self,
