@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
     from websockets.http11 import Request, Response
 
+    from .transports.bridge import BridgeStats
     from .transports.hub import HubTarget
 
 __all__ = [
@@ -123,7 +124,31 @@ def render_metrics(hub: HubTarget) -> str:
             field.name, (f"{field.name.removesuffix('_total')}_total", f"HubStats.{field.name}.")
         )
         out.metric(name, "counter", help_text, [({}, value)])
+    bridge = hub.bridge
+    if bridge is not None:
+        _bridge_metrics(out, bridge.stats)
     return out.text()
+
+
+#: BridgeStats fields exported as gauges; the other fields are counters.
+BRIDGE_GAUGES: Final = {
+    "connected": "1 while the bridge's broker (Redis) is reachable, else 0.",
+    "topics": "Topics the hub is subscribed to on the broker.",
+}
+
+
+def _bridge_metrics(out: _Exposition, stats: BridgeStats) -> None:
+    """H6: a bridged hub's link to its broker, as ``alkpubsub_hub_bridge_*``."""
+    for field in dataclasses.fields(stats):
+        value = getattr(stats, field.name)
+        if field.name in BRIDGE_GAUGES:
+            out.metric(f"bridge_{field.name}", "gauge", BRIDGE_GAUGES[field.name], [
+                ({}, int(value))
+            ])  # fmt: skip
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out.metric(f"bridge_{field.name}_total", "counter", f"BridgeStats.{field.name}.", [
+                ({}, value)
+            ])  # fmt: skip
 
 
 def snapshot(hub: HubTarget) -> dict[str, int]:

@@ -18,7 +18,7 @@ LOOPS = ("asyncio", "uvloop")
 
 IROH_OUTSIDE_LOOPBACK = (
     "refusing to bind iroh endpoints: this network namespace has interfaces other than "
-    "loopback (iroh probes the LAN); run the benchmark under ../shared/tools/loopback-only"
+    "loopback (iroh probes the LAN); run the benchmark under tools/loopback-only"
 )
 
 

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from alkpubsub import make_event
 from alkpubsub.core.router import Peer
 from alkpubsub.metrics import METRICS_CONTENT_TYPE, health, render_metrics
-from alkpubsub.testing import Recorder, within
+from alkpubsub.testing import BridgedBus, Recorder, within
 from alkpubsub.transports.ws import WebSocketHub, WebSocketSpoke
 
 
@@ -108,3 +108,26 @@ def test_metrics_of_an_idle_hub_parse() -> None:
     values = samples(text)
     assert values[("alkpubsub_hub_connections", ())] == 0
     assert all(line.startswith(("# HELP", "# TYPE", "alkpubsub_")) for line in text.splitlines())
+    assert "bridge" not in text  # only bridged hubs have bridge metrics
+
+
+@pytest.mark.usefixtures("redis_server_binary")
+async def test_a_bridged_hub_exports_its_bridge_state() -> None:
+    bus = BridgedBus(("ws", "ws"))
+    try:
+        await bus.open(1)
+        hub_a, hub_b = bus.bus_hubs
+        spoke_b = await bus.add_spoke(hub_b)
+        remote = Recorder("remote")
+        spoke_b.add_event_listener("m:t", remote)
+        await within(spoke_b.flush())
+        hub_a.dispatch_event(make_event("m", "t", "over redis"))
+        await remote.wait_for_payload("over redis")
+        sent, heard = samples(render_metrics(hub_a)), samples(render_metrics(hub_b))
+    finally:
+        await bus.aclose()
+    assert sent[("alkpubsub_hub_bridge_connected", ())] == 1
+    assert sent[("alkpubsub_hub_bridge_published_total", ())] >= 1
+    assert sent[("alkpubsub_hub_bridge_dropped_total", ())] == 0
+    assert heard[("alkpubsub_hub_bridge_received_total", ())] >= 1
+    assert heard[("alkpubsub_hub_bridge_topics", ())] == 1

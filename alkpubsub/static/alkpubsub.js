@@ -19,6 +19,16 @@ export const SUBPROTOCOL = 'alkpubsub.v1';
 /** A token rides in the subprotocol `TOKEN_PREFIX + token`. */
 export const TOKEN_PREFIX = 'token.';
 
+// The close codes this spoke uses, named as in the Python enum (alkpubsub.core.close).
+const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  NO_STATUS: 1005,
+  ABNORMAL: 1006,
+  RECONNECTING: 4000, // we give up on a link and will resume its session
+  UNAUTHORIZED: 4401, // final: never retried
+  FORBIDDEN: 4403, // final: never retried
+});
+
 export const DEFAULTS = Object.freeze({
   backoffInitialMs: 100,
   backoffMaxMs: 10_000,
@@ -33,7 +43,7 @@ export const DEFAULTS = Object.freeze({
   heartbeatIntervalMs: 1_000,
   heartbeatTimeoutMs: 3_000,
   // Close codes by which a hub says "never come back": no retry, the spoke closes.
-  finalCloseCodes: Object.freeze([4401, 4403]),
+  finalCloseCodes: Object.freeze([CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN]),
 });
 
 /** An __ack is due after this many data frames, or this many characters of them, received. */
@@ -52,8 +62,7 @@ const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
 const OPEN = 1;
 const CLOSED = 3;
 // Close codes that say "the close frame never came": the hub's __close tells instead.
-const NO_CLOSE_CODES = Object.freeze([1005, 1006]);
-const RECONNECTING = 4000; // we give up on a link and will resume its session
+const NO_CLOSE_CODES = Object.freeze([CloseCode.NO_STATUS, CloseCode.ABNORMAL]);
 const COMPLAINTS = Object.freeze(['invalid_frame', 'invalid_control']);
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -237,7 +246,7 @@ function checkToken(token) {
   return token;
 }
 
-function closeSocket(socket, code = 1000, reason = 'spoke closed') {
+function closeSocket(socket, code = CloseCode.NORMAL, reason = 'spoke closed') {
   return new Promise((resolve) => {
     if (socket.readyState === CLOSED) return resolve();
     // A hub that never answers the close handshake must not keep us waiting.
@@ -703,8 +712,8 @@ export class WebSocketSpoke {
 
   /** We give up on a socket (timeouts, heartbeat): closed with 4000, so the hub keeps the session. */
   #abandon(socket, why) {
-    this.#lost(socket, 1006, why, why);
-    closeSocket(socket, RECONNECTING, 'reconnecting');
+    this.#lost(socket, CloseCode.ABNORMAL, why, why);
+    closeSocket(socket, CloseCode.RECONNECTING, 'reconnecting');
   }
 
   #lost(socket, code, reason, failure) {
