@@ -147,20 +147,6 @@ async def test_aclose_closes_the_links_of_dials_still_pending(hub: WebSocketHub)
     assert spoke.closed_links == [CloseCode.NORMAL] * MAX_PARALLEL_DIALS
 
 
-class HangsThenRefused(WebSocketSpoke):
-    """Its first dial hangs; every later one reaches a path the hub does not serve."""
-
-    def __init__(self, url: str, **options: Any) -> None:
-        super().__init__(url, **options)
-        self.dials = 0
-
-    async def open_link(self) -> Link:
-        self.dials += 1
-        if self.dials == 1:
-            await asyncio.Event().wait()
-        return await super().open_link()
-
-
 async def test_an_answer_ends_the_dials_at_once_with_its_reason(hub: WebSocketHub) -> None:
     errors: list[BaseException] = []
     failed = asyncio.Event()
@@ -170,7 +156,7 @@ async def test_an_answer_ends_the_dials_at_once_with_its_reason(hub: WebSocketHu
         failed.set()
 
     url = hub.url.rstrip("/") + "/elsewhere"
-    spoke = HangsThenRefused(
+    spoke = FirstDialLost(
         url, connect_timeout=30, dial_stagger=0.1, wait_connected=False, on_error=on_error
     )
     async with spoke:
