@@ -300,6 +300,43 @@ async def test_h6_bridge_outbox_is_bounded(bridged: BridgedBus) -> None:
     assert "spoke" not in remote.payloads
 
 
+async def test_h6_slow_broker_slows_spoke_publishers_down(bridged: BridgedBus) -> None:
+    """Redis reachable but slower than a spoke publishes (its PUBLISH commands
+    held by CLIENT PAUSE WRITE): hub A stops reading the spoke until its bridge
+    outbox drains, the publisher meets BackpressureError and drains, and every
+    event crosses the bridge, in order; nothing is dropped."""
+    await bridged.open(1)
+    hub_a, hub_b, _ = bridged.bus_hubs
+    assert hub_a.bridge is not None
+    hub_a.bridge.max_pending = 200
+    publisher = await bridged.add_spoke(hub_a)
+    subscriber = await bridged.add_spoke(hub_b)
+    heard = Recorder()
+    subscriber.add_event_listener("slow:t", heard)
+    await flush_all(subscriber, publisher)
+    spy = await spy_on(bridged)
+    try:
+        await spy.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        # Far more than the target's outbox (1 MiB) and the bridge's (200 events).
+        count, sent, waits = 40_000, 0, 0
+        while sent < count:
+            try:
+                publisher.dispatch_event(make_event("slow", "t", sent))
+            except BackpressureError:
+                waits += 1
+                await within(publisher.drain(), 30)
+                continue
+            sent += 1
+        await within(publisher.flush(), 30)
+        await heard.wait_for_count(count, timeout=60)
+    finally:
+        await spy.aclose()
+    assert [e.detail.payload for e in heard.events] == list(range(count))
+    assert hub_a.bridge.stats.dropped == 0
+    assert hub_a.bridge.stats.throttled > 0
+    assert waits > 0  # the publisher felt the backpressure
+
+
 async def test_h6_slow_consumer_of_bridged_traffic_is_cut_off(bridged: BridgedBus) -> None:
     """B8 applies to bridged traffic: a stalled subscriber on hub B is cut off
     when hub A's events pile up for it; a healthy spoke on B gets them all."""

@@ -20,11 +20,19 @@ The bridge is a hub feature, not a Redis feature: a hub holds at most one
 ``flush`` semantics carry over the bridge: a spoke's ``__ping`` is answered once
 the bridge confirmed everything before it (subscriptions live on the broker,
 publications accepted by it), so ``flush()`` on a spoke means the same on a
-bridged bus as on one hub. While the broker is unreachable the hub serves its
-local bus, answers pings at once and keeps bridged publications in bounded
-outboxes (the target's, then ``max_pending`` of its own); past that, events
-from spokes are delivered locally and counted in ``stats.dropped``, and the hub's
-own ``dispatch_event`` raises ``BackpressureError`` (``await hub.drain()``).
+bridged bus as on one hub.
+
+Backpressure: bridged publications wait in bounded outboxes (the target's, then
+``max_pending`` of its own). While the broker is reachable but slower than the
+events entering the hub, the outbox past half full is *congestion*: the hub
+stops reading from a spoke after each event it publishes until the outbox is
+back under half (``relieved``), so the spoke's socket and then its own outbox
+fill and its publisher gets ``BackpressureError`` (B13) instead of events being
+dropped. While the broker is unreachable the hub serves its local bus, answers
+pings at once and reads on; past both outboxes, events from spokes are
+delivered locally and counted in ``stats.dropped``. The hub's own
+``dispatch_event`` raises ``BackpressureError`` when the outbox is full
+(``await hub.drain()``).
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ class BridgeStats:
     published: int = 0  # events handed to the bridge target
     received: int = 0  # events from the broker, delivered locally
     dropped: int = 0  # events from spokes not bridged: both outboxes were full
+    throttled: int = 0  # times a spoke was not read until a congested outbox drained
     unconfirmed_pongs: int = 0  # pings answered without the broker's confirmation
     too_large: int = 0  # bridged events above this hub's max_frame_bytes (E6)
     topics: int = 0  # topics subscribed on the broker
@@ -275,6 +284,31 @@ class HubBridge:
         finally:
             self._drainer = None
             self._below_low_water.set()
+
+    @property
+    def congested(self) -> bool:
+        """The broker is reachable and the outbox is past its low-water mark:
+        the broker takes events more slowly than they enter the hub."""
+        return len(self._pending) > self.max_pending // 2 and self.target.connected
+
+    async def relieved(self) -> None:
+        """Return once the outbox is under its low-water mark, the broker is
+        unreachable (the local bus is served on) or the bridge closed: what a
+        hub awaits before reading on from a spoke whose event met congestion."""
+        if not self.congested or self._closed:
+            return
+        self.stats.throttled += 1
+        lost = asyncio.ensure_future(self.target.wait_disconnected())
+        try:
+            while self.congested and not self._closed and not lost.done():
+                low = asyncio.ensure_future(self._below_low_water.wait())
+                try:
+                    await asyncio.wait({low, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    low.cancel()
+        finally:
+            lost.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait until the bridge's own outbox is under its low-water mark."""

@@ -562,7 +562,7 @@ class HubTarget(BaseEventTarget):
         await link.close(code, reason)
 
     async def _read_loop(self, served: _Served) -> None:
-        router = self.router
+        router, bridge = self.router, self.bridge
         async for message in served.link.messages():
             conn = served.conn
             request = router.receive(conn, message)
@@ -570,18 +570,26 @@ class HubTarget(BaseEventTarget):
             # cost up to ~25 times their JSON) stays referenced while the loop
             # waits for the next frame: an idle connection pinned both.
             del message
+            published = False
             if request is not None:
                 if isinstance(request, Resumed):
                     self._resumed(served, request.session)
                 elif self._authorize is None:
                     router.apply(conn, request)
+                    published = isinstance(request, PublishRequest)
                 else:
                     await self._authorize_and_apply(conn, request)
+                    published = isinstance(request, PublishRequest)
                 del request
             if not served.announced and conn.greeted and conn.open:
                 self._announce(served)
             if router.ready or router.cuts or router.bridge_work:
                 self._service()
+            if published and bridge is not None and bridge.congested:
+                # H6 backpressure: this spoke is read again once the broker
+                # caught up, so its publisher slows down instead of the bridge
+                # dropping what it sends.
+                await bridge.relieved()
 
     def _announce(self, served: _Served) -> None:
         served.announced = True
