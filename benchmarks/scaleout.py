@@ -396,16 +396,37 @@ async def main() -> None:
         default="ws",
         help="how spokes reach the hubs (iroh: run under a loopback-only namespace)",
     )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=["redis-py", "alkpubsub"],
+        default=["redis-py", "alkpubsub"],
+        help="which systems to run (one alone: e.g. to profile it)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["split", "shared"],
+        default="split",
+        help="split: this process (publisher and subscribers) on the first core, redis-server"
+        " and the hubs on the others; shared: the hubs round robin over all cores, this"
+        " process and redis-server wherever the kernel puts them",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
+    client_cores = set(cores)
+    if args.layout == "split" and len(cores) > 1:
+        client_cores, cores = {cores[0]}, cores[1:]
+        os.sched_setaffinity(0, client_cores)
     results: list[Result] = []
     async with RedisServer() as server:
+        assert server.pid is not None
+        os.sched_setaffinity(server.pid, set(cores) if args.layout == "split" else client_cores)
         spy = Redis.from_url(server.url)
         try:
             for n_hubs in args.hubs:
                 for workload in args.workloads:
-                    runs: dict[str, list[Result]] = {"redis-py": [], "alkpubsub": []}
+                    runs: dict[str, list[Result]] = {system: [] for system in args.systems}
                     for _ in range(args.repeat):
                         for system, system_runs in runs.items():
                             if system == "alkpubsub":

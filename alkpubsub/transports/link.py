@@ -15,6 +15,10 @@ A link's contract:
 - ``transport_buffered()`` is how many written bytes still sit below (socket
   buffers); 0 where ``send`` only returns once they left.
 - ``close(code, reason)`` closes the connection and never raises.
+- optionally ``push_to(receive)`` (``PushLink``): hand each message to
+  ``receive`` as it arrives, in the transport's own callback, instead of
+  queueing it for ``messages()``, which then only ends or raises as the link
+  does; ``push_to(None)`` goes back to queueing.
 - optionally ``finish()``: return once what was sent left our buffers or reached
   the peer, so that a close no longer drops it (a hub calls it, bounded by
   ``slow_consumer_linger``, before closing a slow consumer with 1013).
@@ -36,8 +40,10 @@ __all__ = [
     "LINK_ERRORS",
     "WRITE_CHUNK_BYTES",
     "Link",
+    "PushLink",
     "SoonWriter",
     "SyncWritableLink",
+    "read_loop",
     "write_loop",
 ]
 
@@ -79,6 +85,30 @@ class SyncWritableLink(Link, Protocol):
     def writable_now(self) -> bool: ...
 
     def write_nowait(self, frames: list[bytes]) -> None: ...
+
+
+@runtime_checkable
+class PushLink(Link, Protocol):
+    """A link whose transport parses messages in a synchronous callback (picows):
+    it can hand each one straight to the reader, saving a queue and a task
+    switch per message. A reader that returns normally keeps the order."""
+
+    def push_to(self, receive: Callable[[bytes | str], None] | None) -> None: ...
+
+
+async def read_loop(link: Link, receive: Callable[[bytes | str], None]) -> None:
+    """Hand every message of ``link`` to ``receive`` until the link ends
+    (returns on a normal close, raises as ``messages()`` does otherwise); pushed
+    by the transport where the link is a ``PushLink``, never after this returns."""
+    pusher = link if isinstance(link, PushLink) else None
+    if pusher is not None:
+        pusher.push_to(receive)
+    try:
+        async for message in link.messages():
+            receive(message)
+    finally:
+        if pusher is not None:
+            pusher.push_to(None)
 
 
 async def write_loop(

@@ -38,7 +38,7 @@ import logging
 import os
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, cast
 from urllib.parse import urlsplit
 
@@ -163,6 +163,7 @@ class PicowsLink(WSListener):
         self._underlying: asyncio.Transport | None = None
         self._server_side = False
         self._received: deque[bytes] = deque()
+        self._push: Callable[[bytes], None] | None = None  # push_to's reader
         self._received_bytes = 0
         self._reading_paused = False
         self._receiver: asyncio.Future[None] | None = None  # messages() waiting
@@ -215,7 +216,11 @@ class PicowsLink(WSListener):
                     message = frame.get_payload_as_bytes()
                     if msg_type is _TEXT and self.validate_utf8 and not message.isascii():
                         _check_utf8(message)
-                    self._deliver(message)
+                    push = self._push
+                    if push is not None:
+                        push(message)
+                    else:
+                        self._deliver(message)
                 else:
                     self._fragments_text = msg_type is _TEXT
                     self._fragment(frame, first=True)
@@ -258,6 +263,9 @@ class PicowsLink(WSListener):
             self._deliver(message)
 
     def _deliver(self, message: bytes) -> None:
+        if self._push is not None:
+            self._push(message)
+            return
         self._received.append(message)
         self._received_bytes += len(message)
         receiver = self._receiver
@@ -355,6 +363,23 @@ class PicowsLink(WSListener):
                 self._drain_waiter = None
         if self._ended:
             raise ConnectionError("websocket closed while sending")
+
+    def push_to(self, receive: Callable[[bytes | str], None] | None) -> None:
+        """From now on hand each message to ``receive`` from ``on_ws_frame``
+        (what was queued first, in order); ``None``: queue them again. Nothing
+        is queued meanwhile, so the socket is read at the reader's own pace."""
+        self._push = receive
+        if receive is None:
+            return
+        received = self._received
+        while received and self._push is receive:
+            message = received.popleft()
+            self._received_bytes -= len(message)
+            receive(message)
+        if self._reading_paused and not received:
+            self._reading_paused = False
+            assert self._underlying is not None
+            self._underlying.resume_reading()
 
     async def messages(self) -> AsyncIterator[bytes | str]:
         received = self._received

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -251,18 +252,24 @@ class RedisLink:
         pub = self._pub
         try:
             await pub.send_packed_command(data, check_health=False)
-            for _ in range(count):
-                try:
-                    await pub.read_response(disconnect_on_error=False)
-                except ResponseError as exc:  # e.g. NOPERM on a channel: only that one
-                    self._warn_once("publish", "Redis refused a PUBLISH: %s", exc)
-                    self._stats.publish_errors += 1
-                    if is_refusal(exc):
-                        self._on_refusal(HubRefusalError("forbidden", str(exc)))
-                    continue
-                self._stats.published += 1
-        except (RedisError, OSError) as exc:
+            # One deadline for the batch's replies, not one timer per reply
+            # (math.inf: redis-py's own per-read timeout off).
+            async with asyncio.timeout(pub.socket_timeout):
+                await self._read_publish_replies(pub, count)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise self._lost(exc) from None
+
+    async def _read_publish_replies(self, pub: AbstractConnection, count: int) -> None:
+        for _ in range(count):
+            try:
+                await pub.read_response(timeout=math.inf, disconnect_on_error=False)
+            except ResponseError as exc:  # e.g. NOPERM on a channel: only that one
+                self._warn_once("publish", "Redis refused a PUBLISH: %s", exc)
+                self._stats.publish_errors += 1
+                if is_refusal(exc):
+                    self._on_refusal(HubRefusalError("forbidden", str(exc)))
+                continue
+            self._stats.published += 1
 
     async def _wait_confirmed(self) -> None:
         while self._unconfirmed:

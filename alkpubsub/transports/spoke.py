@@ -53,6 +53,7 @@ from .link import (
     Link,
     SoonWriter,
     SyncWritableLink,
+    read_loop,
     write_loop,
 )
 
@@ -561,12 +562,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
     async def _read_loop(self, link: Link) -> None:
         forwarder = self._forwarder
         receive = forwarder.receive
-        async for message in link.messages():
+        handle, kick = self._handle, self._kick
+
+        def on_message(message: bytes | str) -> None:
             event = receive(message)
             if event is not None:
-                self._handle(event)
+                handle(event)
             if forwarder.wants_write:
-                self._kick()
+                kick()
+
+        await read_loop(link, on_message)
 
     def _handle(self, event: SpokeEvent) -> None:
         if isinstance(event, Acked):
