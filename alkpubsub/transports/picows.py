@@ -10,6 +10,8 @@ them are unchanged. ``WebSocketHub(backend=...)`` and
 - Receiving: frames are copied out of picows's buffer into a queue that
   ``messages()`` drains; past ``RECEIVE_QUEUE_BYTES`` the socket is not read
   until the application caught up, so memory per connection stays bounded.
+  A spoke's reader takes them straight from ``on_ws_frame`` instead
+  (``push_to``, a ``PushLink``): no queue and no task switch per message.
   Fragmented messages are reassembled (picows hands continuation frames over
   raw) and held to ``max_frame_bytes`` as a whole (E6, close code 1009).
 - Writing: every frame queued for a connection goes out in one transport
