@@ -1,12 +1,15 @@
 """Scale-out benchmark: N alkpubsub hubs bridged through one Redis against raw
 redis.asyncio pub/sub clients, measured in the same run.
 
-    python benchmarks/scaleout.py [--hubs 2 4] [--events 20000] [--json out.json]
+    python benchmarks/scaleout.py [--hubs 2 4] [--events 100000] [--loop uvloop] [--json out.json]
 
 Starts its own redis-server (free port, no persistence) and N hub processes
-(``alkpubsub hub --port 0 --bridge redis://...``), each pinned to a core with
-``os.sched_setaffinity`` (round robin over the cores we may use). The publisher
-and every subscriber run in this process, for both systems.
+(``alkpubsub hub --port 0 --bridge redis://...``). The publisher and every
+subscriber run in this process, for both systems. ``--layout split`` (the
+default) pins this process to the first core and redis-server and the hubs to
+the others (``os.sched_setaffinity``); ``--layout shared`` spreads the hubs over
+all cores and leaves this process and redis-server unpinned. ``--loop`` is the
+event loop of this process and of the hubs.
 
 W1 fan-out   one publisher on hub 1, 10 subscribers on each other hub, one topic,
              ``--events`` envelopes of about 100 bytes back to back.
@@ -37,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from _benchutil import LOOPS, install_loop
 from redis.asyncio import Redis
 
 from alkpubsub import BackpressureError, make_event, transport_from_url
@@ -131,8 +135,11 @@ async def wait_delivered(counters: list[Counter], expected: int) -> float:
 class Hubs:
     """N ``alkpubsub hub --bridge`` processes on one Redis."""
 
-    def __init__(self, redis_url: str, count: int, cores: list[int], transport: str) -> None:
+    def __init__(
+        self, redis_url: str, count: int, cores: list[int], transport: str, loop: str
+    ) -> None:
         self.redis_url = redis_url
+        self.loop = loop
         self.count = count
         self.cores = cores
         self.transport = transport
@@ -144,7 +151,7 @@ class Hubs:
             iroh = ["--iroh"] if self.transport == "iroh" else []
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "alkpubsub", "hub", "--port", "0",
-                "--bridge", self.redis_url, *iroh,
+                "--bridge", self.redis_url, "--loop", self.loop, *iroh,
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert process.stdout is not None
@@ -230,10 +237,11 @@ async def run_alkpubsub(
     spy: Redis,
     cores: list[int],
     transport: str = "ws",
+    loop: str = "asyncio",
 ) -> Result:
     subscribers = 10 * (n_hubs - 1) if workload == "W1" else 100
     topics = topics_for(workload, subscribers)
-    async with Hubs(server.url, n_hubs, cores, transport) as hubs:
+    async with Hubs(server.url, n_hubs, cores, transport, loop) as hubs:
         spokes: list[SpokeTarget] = []
         counters = [Counter(events) for _ in range(subscribers)]
         try:
@@ -382,10 +390,10 @@ def ratios(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hubs", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--workloads", nargs="+", default=["W1", "W3"])
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per system, alternating; medians reported"
@@ -411,8 +419,17 @@ async def main() -> None:
         " and the hubs on the others; shared: the hubs round robin over all cores, this"
         " process and redis-server wherever the kernel puts them",
     )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of this process (both systems' clients) and of the hubs",
+    )
     parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     cores = sorted(os.sched_getaffinity(0))
     client_cores = set(cores)
     if args.layout == "split" and len(cores) > 1:
@@ -438,6 +455,7 @@ async def main() -> None:
                                     spy,
                                     cores,
                                     args.transport,
+                                    args.loop,
                                 )
                             else:
                                 result = await run_raw(workload, n_hubs, args.events, server, spy)
@@ -469,4 +487,6 @@ def write_json(path: str, results: list[Result]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_args()
+    install_loop(arguments.loop)
+    asyncio.run(main(arguments))

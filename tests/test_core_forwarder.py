@@ -220,6 +220,23 @@ def test_dispatch_validates_before_queueing() -> None:
     assert forwarder.take_outgoing() == []
 
 
+def test_dispatch_encoded_queues_the_same_bytes_under_the_same_limits() -> None:
+    """What a hub's bridge forwards: already encoded, so not encoded again, but
+    still bounded (E6, B13) and refused once closed (B11)."""
+    forwarder = connected_forwarder(max_frame_bytes=100, max_outgoing_bytes=120)
+    frame = encode_envelope(make_event("x", "1", "p").detail)
+    assert forwarder.dispatch_encoded(frame)
+    with pytest.raises(FrameTooLargeError):
+        forwarder.dispatch_encoded(encode_envelope(make_event("x", "1", "y" * 200).detail))
+    with pytest.raises(BackpressureError):
+        forwarder.dispatch_encoded(encode_envelope(make_event("x", "1", "z" * 60).detail))
+    assert forwarder.take_outgoing() == [frame]
+    assert forwarder.stats.sent_events == 1
+    forwarder.close()
+    with pytest.raises(TargetClosedError):
+        forwarder.dispatch_encoded(frame)
+
+
 def test_b4_ping_pong_nonces() -> None:
     forwarder = connected_forwarder()
     nonce = forwarder.new_ping()

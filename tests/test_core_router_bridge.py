@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alkpubsub.core.codec import encode_envelope
+from alkpubsub.core.codec import decode_envelope, encode_envelope
 from alkpubsub.core.envelope import Event, make_event
 from alkpubsub.core.router import HubConnection, HubRouter, Peer
 
@@ -78,7 +78,11 @@ def test_what_enters_the_hub_goes_out_once_and_bridged_events_do_not() -> None:
     router.apply(alice, request)
     router.dispatch(make_event("e", "1", "from the hub"))
     router.publish(make_event("e", "1", "from another hub").detail)  # what a bridge delivers
-    assert [e.payload for e in router.take_outbound()] == ["from alice", "from the hub"]
+    # Encoded once, as every connection got them (H3): the bridge forwards the bytes.
+    assert [decode_envelope(f).payload for f in router.take_outbound()] == [
+        "from alice",
+        "from the hub",
+    ]
     assert router.take_outbound() == []
 
 

@@ -46,6 +46,11 @@ def encode_envelope(
     return data
 
 
+#: ``decode_envelope`` for hot paths that need no error message: it raises
+#: pydantic's ``ValidationError`` instead of ``DecodeError``.
+validate_envelope_json: Final = _validate_json
+
+
 def decode_envelope(data: bytes | bytearray | str) -> EventEnvelope:
     """Parse one envelope; ``DecodeError`` for anything that is not one (B10)."""
     try:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
+from pydantic import ValidationError
+
 from . import control
-from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
+from .codec import DEFAULT_MAX_FRAME_BYTES, encode_envelope, validate_envelope_json
 from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event, validate_topic
-from .errors import BackpressureError, DecodeError, TargetClosedError
+from .errors import BackpressureError, FrameTooLargeError, TargetClosedError
 from .history import StreamPosition
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
@@ -59,6 +61,10 @@ class SpokeState(Enum):
     CONNECTING = "connecting"  # a link is being opened, or greeted (hello sent)
     OPEN = "open"  # welcomed: frames flow
     CLOSED = "closed"  # closed by the application: final
+
+
+_CLOSED: Final = SpokeState.CLOSED
+_new_event = object.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +296,19 @@ class SubscriptionForwarder:
         if self.state is SpokeState.CLOSED:
             raise TargetClosedError("target is closed")
         check_user_event(event)
-        frame = encode_envelope(event.detail, self.max_frame_bytes)
+        return self._accept(encode_envelope(event.detail, self.max_frame_bytes))
+
+    def dispatch_encoded(self, frame: bytes) -> bool:
+        """``dispatch`` of a user envelope already checked and encoded by the
+        caller within ``max_frame_bytes`` (a hub's bridge forwards the frame it
+        fanned out, instead of encoding the envelope again)."""
+        if self.state is SpokeState.CLOSED:
+            raise TargetClosedError("target is closed")
+        if len(frame) > self.max_frame_bytes:
+            raise FrameTooLargeError(len(frame), self.max_frame_bytes)
+        return self._accept(frame)
+
+    def _accept(self, frame: bytes) -> bool:
         if self.state is SpokeState.OPEN:
             # B13: accepted but not written, or written but not confirmed.
             pending = self._queue.nbytes + self.sent.nbytes
@@ -475,20 +493,28 @@ class SubscriptionForwarder:
         Data envelopes go to the local listeners; a control frame that the
         shell must act on comes back as a ``SpokeEvent``.
         """
-        if self.state is SpokeState.CLOSED:
+        # The hot path of every spoke: written for CPython's sake (locals,
+        # no helper calls on the way of a data frame).
+        if self.state is _CLOSED:
             return None
         self.frames_received += 1
         try:
-            envelope = decode_envelope(message)
-        except DecodeError:
+            envelope = validate_envelope_json(message)
+        except ValidationError:
             self.stats.invalid_frames += 1
             return None
-        if envelope.type[:2] == CONTROL_PREFIX:
+        type_ = envelope.type
+        if type_.startswith(CONTROL_PREFIX):
             return self._receive_control(envelope)
-        if self.token is not None and self.receipts.count(len(message)):
-            self._push_control(control.ack(self.receipts.acknowledged()))
+        if self.token is not None:
+            receipts = self.receipts
+            if receipts.count(len(message)):
+                self._push_control(control.ack(receipts.acknowledged()))
         self.stats.received_events += 1
-        event = Event.from_envelope(envelope)
+        event = _new_event(Event)
+        event.type = f"{type_}:{envelope.id}"
+        event.detail = envelope
+        event.position = None
         if self._streams:
             stream = self._streams.get(event.type)
             if stream is not None:

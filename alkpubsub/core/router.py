@@ -29,7 +29,7 @@ from typing import Final, Literal
 from . import control
 from .close import CloseCode
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_envelope, encode_envelope
-from .envelope import Event, EventEnvelope, check_user_event
+from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event
 from .errors import DecodeError, FrameTooLargeError, InvalidEnvelopeError, TargetClosedError
 from .headers import SECRET_HEADERS, Headers
 from .history import HistoryStore, StreamPosition
@@ -292,7 +292,7 @@ class HubRouter:
         #: Set when a take_* list of the bridge gets something; the bridge clears it.
         self.bridge_work = False
         self._interest_changes: dict[str, bool] = {}
-        self._outbound: list[EventEnvelope] = []
+        self._outbound: list[bytes] = []  # encoded envelopes for the bridge (H6)
         self._held_pongs: list[tuple[HubConnection, str]] = []
 
     # -- connections -----------------------------------------------------------
@@ -397,7 +397,7 @@ class HubRouter:
             if envelope.type == control.HELLO:
                 return self._hello(conn, control.Hello(envelope))
             self._send_control(conn, control.welcome(conn.spoke_id))  # a bare-protocol peer
-        if not envelope.is_control:
+        if not envelope.type.startswith(CONTROL_PREFIX):  # is_control, without a call
             receipts = conn.receipts
             if receipts is not None and receipts.count(len(message)):
                 self._send_control(conn, control.ack(receipts.acknowledged()))
@@ -625,7 +625,7 @@ class HubRouter:
                 self._recover(conn, request.topic, request.since)
             return
         try:
-            self.publish(request.envelope)
+            frame = self.publish(request.envelope)
         except FrameTooLargeError as exc:
             # Under the limit as received, above it as re-encoded (1E2 -> 100.0).
             self.stats.invalid_frames += 1
@@ -636,7 +636,7 @@ class HubRouter:
             return
         self.stats.relayed_events += 1
         if self.bridged:  # H6: what enters the hub goes to the bridge once
-            self._outbound.append(request.envelope)
+            self._outbound.append(frame)
             self.bridge_work = True
 
     def dispatch(self, event: Event) -> bool:
@@ -651,14 +651,16 @@ class HubRouter:
             event = Event.from_envelope(decode_envelope(frame))
         self.registry.dispatch(event)
         if self.bridged:  # H6
-            self._outbound.append(event.detail)
+            self._outbound.append(frame)
             self.bridge_work = True
         return True
 
-    def publish(self, envelope: EventEnvelope) -> None:
-        """Relay an envelope that entered the hub from a spoke or a bridge (H2)."""
-        self._fan_out(envelope.topic, envelope)
+    def publish(self, envelope: EventEnvelope) -> bytes:
+        """Relay an envelope that entered the hub from a spoke or a bridge (H2);
+        returns it encoded."""
+        frame = self._fan_out(envelope.topic, envelope)
         self.registry.dispatch(Event.from_envelope(envelope))
+        return frame
 
     def _fan_out(self, topic: str, envelope: EventEnvelope) -> bytes:
         # H3: encoded once per dispatch; also enforces E6 when nobody listens.
@@ -868,8 +870,9 @@ class HubRouter:
         changes, self._interest_changes = self._interest_changes, {}
         return changes
 
-    def take_outbound(self) -> list[EventEnvelope]:
-        """Envelopes that entered the hub (from a spoke or ``dispatch``), for the bridge."""
+    def take_outbound(self) -> list[bytes]:
+        """Envelopes that entered the hub (from a spoke or ``dispatch``), for the
+        bridge: encoded, as every connection got them (H3)."""
         outbound, self._outbound = self._outbound, []
         return outbound
 

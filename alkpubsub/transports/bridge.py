@@ -45,7 +45,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..core.envelope import Event, EventEnvelope
+from ..core.envelope import Event
 from ..core.errors import (
     AlkPubSubError,
     BackpressureError,
@@ -79,6 +79,10 @@ class BridgeTarget(TypedEventTarget, Protocol):
     async def wait_connected(self, timeout: float | None = None) -> None: ...
 
     async def wait_disconnected(self, timeout: float | None = None) -> None: ...
+
+    def dispatch_encoded(self, frame: bytes) -> bool:
+        """``dispatch_event`` of an envelope the hub already validated and encoded."""
+        ...
 
 
 @dataclass
@@ -129,7 +133,7 @@ class HubBridge:
         self._service_hub = service
         self._on_status = on_status
         self._listening: set[str] = set()
-        self._pending: deque[Event] = deque()
+        self._pending: deque[bytes] = deque()  # encoded envelopes
         self._below_low_water = asyncio.Event()
         self._below_low_water.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,24 +231,23 @@ class HubBridge:
                 f"bridge outbox is full ({self.max_pending} events); await hub.drain()"
             )
 
-    def _publish(self, envelopes: list[EventEnvelope]) -> None:
+    def _publish(self, frames: list[bytes]) -> None:
         target, pending, stats = self.target, self._pending, self.stats
-        for envelope in envelopes:
-            event = Event.from_envelope(envelope)
+        for frame in frames:
             if pending:  # keep the order behind what already waits
-                self._hold(event)
+                self._hold(frame)
                 continue
             try:
-                target.dispatch_event(event)
+                target.dispatch_encoded(frame)
             except BackpressureError:
-                self._hold(event)
+                self._hold(frame)
             except AlkPubSubError as exc:  # closing, or larger than the target accepts
                 stats.dropped += 1
                 logger.warning("event not bridged: %s", exc)
             else:
                 stats.published += 1
 
-    def _hold(self, event: Event) -> None:
+    def _hold(self, frame: bytes) -> None:
         pending = self._pending
         if len(pending) >= self.max_pending:
             self.stats.dropped += 1
@@ -256,7 +259,7 @@ class HubBridge:
                     self.max_pending,
                 )
             return
-        pending.append(event)
+        pending.append(frame)
         if len(pending) > self.max_pending // 2:
             self._below_low_water.clear()
         if self._drainer is None:
@@ -269,7 +272,7 @@ class HubBridge:
                 await target.drain()
                 while pending:
                     try:
-                        target.dispatch_event(pending[0])
+                        target.dispatch_encoded(pending[0])
                     except BackpressureError:
                         break
                     except AlkPubSubError as exc:

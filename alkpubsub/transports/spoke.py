@@ -262,8 +262,16 @@ class SpokeTarget(BaseEventTarget, abc.ABC):
         self._kick()
 
     def dispatch_event(self, event: Event) -> bool:
+        return self._queued(self._forwarder.dispatch(event))
+
+    def dispatch_encoded(self, frame: bytes) -> bool:
+        """``dispatch_event`` of an envelope already encoded by ``encode_envelope``
+        and checked as a user event (what a hub's bridge forwards): the same
+        rules (B13, E6) without encoding it again."""
+        return self._queued(self._forwarder.dispatch_encoded(frame))
+
+    def _queued(self, result: bool) -> bool:
         forwarder = self._forwarder
-        result = forwarder.dispatch(event)
         if forwarder.wants_write:
             self._kick()
         elif self._soon is not None and forwarder.unwritten_bytes >= WRITE_THROUGH_BYTES:
