@@ -48,6 +48,9 @@ from alkpubsub.testing.redis import RedisServer
 from alkpubsub.transports.base import SpokeTarget
 
 PAD = "x" * 40  # an envelope of about 100 bytes
+#: Events a publisher sends before it lets the loop run (raw: one pipeline),
+#: so that subscribers in the same process read meanwhile, in both systems.
+PUBLISH_BATCH = 500
 QUIET_SECONDS = 3.0  # no progress for this long: the rest is lost
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -273,6 +276,8 @@ async def run_alkpubsub(
                             break
                         except BackpressureError:
                             await publisher.drain()
+                    if seq % PUBLISH_BATCH == PUBLISH_BATCH - 1:
+                        await asyncio.sleep(0)  # as the raw publisher awaits each pipeline
                 await publisher.flush()
 
             result = Result(
@@ -324,10 +329,9 @@ async def run_raw(
         channels = [f"raw:{t}" for t in distinct]
 
         async def publish() -> None:
-            batch = 500
-            for start in range(0, events, batch):
+            for start in range(0, events, PUBLISH_BATCH):
                 async with publisher.pipeline(transaction=False) as pipe:
-                    for seq in range(start, min(start + batch, events)):
+                    for seq in range(start, min(start + PUBLISH_BATCH, events)):
                         topic = distinct[seq % len(distinct)]
                         type_, id_ = topic.split(":")
                         envelope = {"type": type_, "id": id_, "payload": {"seq": seq, "pad": PAD}}
