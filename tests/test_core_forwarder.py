@@ -230,6 +230,8 @@ def test_dispatch_encoded_queues_the_same_bytes_under_the_same_limits() -> None:
         forwarder.dispatch_encoded(encode_envelope(make_event("x", "1", "y" * 200).detail))
     with pytest.raises(BackpressureError):
         forwarder.dispatch_encoded(encode_envelope(make_event("x", "1", "z" * 60).detail))
+    with pytest.raises(ReservedTypeError):  # a control frame in disguise
+        forwarder.dispatch_encoded(encode_envelope(control.subscribe("a:b")))
     assert forwarder.take_outgoing() == [frame]
     assert forwarder.stats.sent_events == 1
     forwarder.close()

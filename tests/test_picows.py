@@ -34,6 +34,7 @@ from alkpubsub.core.errors import ConnectionLostError, FramingError
 from alkpubsub.testing import Recorder, within
 from alkpubsub.transports import ws_backends
 from alkpubsub.transports.hub import ConnectRequest
+from alkpubsub.transports.link import PushLink, read_loop
 from alkpubsub.transports.spoke import SessionInfo
 from alkpubsub.transports.ws import WebSocketHub, WebSocketSpoke
 from alkpubsub.transports.ws_backends import ENV_WS_BACKEND, resolve_ws_backend
@@ -490,3 +491,40 @@ async def test_cli_loop_auto_is_uvloop_when_installed() -> None:
         assert await run("pub", url, "cli", "1") == (0, "", "")  # it serves: it is signal-ready
         hub.terminate()
         assert await within(hub.wait(), TIMEOUT) == 0
+
+
+class _QueuedPushLink:
+    """A PushLink with one message queued before its reader starts."""
+
+    def __init__(self) -> None:
+        self.receiver: Any = "never set"
+
+    def push_to(self, receive: Any) -> None:
+        self.receiver = receive
+        if receive is not None:
+            receive(b"queued before the reader")
+
+    async def messages(self) -> AsyncIterator[bytes | str]:
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+    async def send(self, frames: list[bytes]) -> None: ...
+
+    def transport_buffered(self) -> int:
+        return 0
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
+
+
+async def test_read_loop_stops_the_push_when_its_reader_raises() -> None:
+    """A reader that raises on a message queued before it started must not be
+    fed by the transport afterwards (the next link's forwarder would get it)."""
+    link = _QueuedPushLink()
+    assert isinstance(link, PushLink)
+
+    def reader(message: bytes | str) -> None:
+        raise ValueError(f"reader failed on {message!r}")
+
+    with pytest.raises(ValueError, match="reader failed"):
+        await within(read_loop(link, reader))
+    assert link.receiver is None

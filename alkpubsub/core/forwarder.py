@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from . import control
 from .codec import DEFAULT_MAX_FRAME_BYTES, encode_envelope, validate_envelope_json
 from .envelope import CONTROL_PREFIX, Event, EventEnvelope, check_user_event, validate_topic
-from .errors import BackpressureError, FrameTooLargeError, TargetClosedError
+from .errors import BackpressureError, FrameTooLargeError, ReservedTypeError, TargetClosedError
 from .history import StreamPosition
 from .listeners import Listener, ListenerErrorHandler, ListenerRegistry, Scheduler
 from .queue import ControlFrame, FrameQueue
@@ -64,6 +64,8 @@ class SpokeState(Enum):
 
 
 _CLOSED: Final = SpokeState.CLOSED
+#: How every control frame of ``encode_envelope`` starts.
+_CONTROL_FRAME_HEAD: Final = b'{"type":"' + CONTROL_PREFIX.encode()
 _new_event = object.__new__
 
 
@@ -306,6 +308,8 @@ class SubscriptionForwarder:
             raise TargetClosedError("target is closed")
         if len(frame) > self.max_frame_bytes:
             raise FrameTooLargeError(len(frame), self.max_frame_bytes)
+        if frame.startswith(_CONTROL_FRAME_HEAD):  # never a control frame in disguise
+            raise ReservedTypeError("dispatch_encoded takes user envelopes, not control frames")
         return self._accept(frame)
 
     def _accept(self, frame: bytes) -> bool:

@@ -26,7 +26,7 @@ Backpressure: bridged publications wait in bounded outboxes (the target's, then
 ``max_pending`` of its own). While the broker is reachable but slower than the
 events entering the hub, the outbox past half full is *congestion*: the hub
 stops reading from a spoke after each event it publishes until the outbox is
-back under half (``relieved``), so the spoke's socket and then its own outbox
+down to a quarter (``relieved``), so the spoke's socket and then its own outbox
 fill and its publisher gets ``BackpressureError`` (B13) instead of events being
 dropped. While the broker is unreachable the hub serves its local bus, answers
 pings at once and reads on; past both outboxes, events from spokes are
@@ -45,6 +45,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ..core.codec import decode_envelope
 from ..core.envelope import Event
 from ..core.errors import (
     AlkPubSubError,
@@ -79,10 +80,6 @@ class BridgeTarget(TypedEventTarget, Protocol):
     async def wait_connected(self, timeout: float | None = None) -> None: ...
 
     async def wait_disconnected(self, timeout: float | None = None) -> None: ...
-
-    def dispatch_encoded(self, frame: bytes) -> bool:
-        """``dispatch_event`` of an envelope the hub already validated and encoded."""
-        ...
 
 
 @dataclass
@@ -136,6 +133,13 @@ class HubBridge:
         self._pending: deque[bytes] = deque()  # encoded envelopes
         self._below_low_water = asyncio.Event()
         self._below_low_water.set()
+        self._relieved = asyncio.Event()  # the outbox at a quarter or less
+        self._relieved.set()
+        # A target that takes encoded envelopes (SpokeTarget.dispatch_encoded)
+        # is spared a second encoding; any other gets the event.
+        self._dispatch_frame: Callable[[bytes], bool] = getattr(
+            target, "dispatch_encoded", self._dispatch_decoded
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._drainer: asyncio.Task[None] | None = None
         self._next_pongs: list[tuple[HubConnection, str]] = []
@@ -156,6 +160,7 @@ class HubBridge:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._below_low_water.set()
+        self._relieved.set()
         await self.target.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -231,14 +236,17 @@ class HubBridge:
                 f"bridge outbox is full ({self.max_pending} events); await hub.drain()"
             )
 
+    def _dispatch_decoded(self, frame: bytes) -> bool:
+        return self.target.dispatch_event(Event.from_envelope(decode_envelope(frame)))
+
     def _publish(self, frames: list[bytes]) -> None:
-        target, pending, stats = self.target, self._pending, self.stats
+        dispatch, pending, stats = self._dispatch_frame, self._pending, self.stats
         for frame in frames:
             if pending:  # keep the order behind what already waits
                 self._hold(frame)
                 continue
             try:
-                target.dispatch_encoded(frame)
+                dispatch(frame)
             except BackpressureError:
                 self._hold(frame)
             except AlkPubSubError as exc:  # closing, or larger than the target accepts
@@ -260,6 +268,8 @@ class HubBridge:
                 )
             return
         pending.append(frame)
+        if len(pending) > self.max_pending // 4:
+            self._relieved.clear()
         if len(pending) > self.max_pending // 2:
             self._below_low_water.clear()
         if self._drainer is None:
@@ -267,12 +277,13 @@ class HubBridge:
 
     async def _drain_pending(self) -> None:
         target, pending, stats = self.target, self._pending, self.stats
+        dispatch = self._dispatch_frame
         try:
             while pending:
                 await target.drain()
                 while pending:
                     try:
-                        target.dispatch_encoded(pending[0])
+                        dispatch(pending[0])
                     except BackpressureError:
                         break
                     except AlkPubSubError as exc:
@@ -283,10 +294,13 @@ class HubBridge:
                     pending.popleft()
                 if len(pending) <= self.max_pending // 2:
                     self._below_low_water.set()
+                if len(pending) <= self.max_pending // 4:
+                    self._relieved.set()
             self._warned_drop = False
         finally:
             self._drainer = None
             self._below_low_water.set()
+            self._relieved.set()
 
     @property
     def congested(self) -> bool:
@@ -295,16 +309,22 @@ class HubBridge:
         return len(self._pending) > self.max_pending // 2 and self.target.connected
 
     async def relieved(self) -> None:
-        """Return once the outbox is under its low-water mark, the broker is
-        unreachable (the local bus is served on) or the bridge closed: what a
-        hub awaits before reading on from a spoke whose event met congestion."""
+        """Return once the outbox is down to a quarter (so that a congested
+        bridge pauses its publishers once, not after every event), the broker
+        is unreachable (the local bus is served on) or the bridge closed: what
+        a hub awaits before reading on from a spoke whose event met congestion."""
         if not self.congested or self._closed:
             return
         self.stats.throttled += 1
         lost = asyncio.ensure_future(self.target.wait_disconnected())
         try:
-            while self.congested and not self._closed and not lost.done():
-                low = asyncio.ensure_future(self._below_low_water.wait())
+            while (
+                len(self._pending) > self.max_pending // 4
+                and self.target.connected
+                and not self._closed
+                and not lost.done()
+            ):
+                low = asyncio.ensure_future(self._relieved.wait())
                 try:
                     await asyncio.wait({low, lost}, return_when=asyncio.FIRST_COMPLETED)
                 finally:

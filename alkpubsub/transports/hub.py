@@ -578,8 +578,8 @@ class HubTarget(BaseEventTarget):
                     router.apply(conn, request)
                     published = isinstance(request, PublishRequest)
                 else:
-                    await self._authorize_and_apply(conn, request)
-                    published = isinstance(request, PublishRequest)
+                    applied = await self._authorize_and_apply(conn, request)
+                    published = applied and isinstance(request, PublishRequest)
                 del request
             if not served.announced and conn.greeted and conn.open:
                 self._announce(served)
@@ -611,7 +611,8 @@ class HubTarget(BaseEventTarget):
 
     async def _authorize_and_apply(
         self, conn: HubConnection, request: SubscribeRequest | PublishRequest
-    ) -> None:
+    ) -> bool:
+        """True when the request was authorized and applied."""
         assert self._authorize is not None
         try:
             verdict = self._authorize(conn.peer, request.action, request.topic)
@@ -621,11 +622,12 @@ class HubTarget(BaseEventTarget):
             logger.exception("authorize raised; refusing %s of %r", request.action, request.topic)
             verdict = False
         if not conn.open:
-            return
+            return False
         if verdict:
             self.router.apply(conn, request)
-        else:
-            self.router.refuse(conn, request.action, request.topic)
+            return True
+        self.router.refuse(conn, request.action, request.topic)
+        return False
 
     async def _sweep(self) -> None:
         """Tick the router: heartbeats that stopped, sessions whose grace ran out."""

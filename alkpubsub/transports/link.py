@@ -101,9 +101,9 @@ async def read_loop(link: Link, receive: Callable[[bytes | str], None]) -> None:
     (returns on a normal close, raises as ``messages()`` does otherwise); pushed
     by the transport where the link is a ``PushLink``, never after this returns."""
     pusher = link if isinstance(link, PushLink) else None
-    if pusher is not None:
-        pusher.push_to(receive)
     try:
+        if pusher is not None:
+            pusher.push_to(receive)  # may run receive on what was queued: inside the try
         async for message in link.messages():
             receive(message)
     finally:

@@ -96,6 +96,10 @@ def _command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+#: PUBLISH replies read before the batch's deadline is moved on by socket_timeout.
+_REPLIES_PER_DEADLINE: Final = 64
+
+
 def _publish_command(channel: bytes, data: bytes) -> bytes:
     return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
         len(channel),
@@ -250,17 +254,25 @@ class RedisLink:
         data = b"".join(publishes)
         publishes.clear()
         pub = self._pub
+        timeout = pub.socket_timeout
         try:
             await pub.send_packed_command(data, check_health=False)
-            # One deadline for the batch's replies, not one timer per reply
-            # (math.inf: redis-py's own per-read timeout off).
-            async with asyncio.timeout(pub.socket_timeout):
-                await self._read_publish_replies(pub, count)
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            # One timer for the batch's replies instead of one per reply (math.inf:
+            # redis-py's own per-read timer off), moved on as replies come in.
+            async with asyncio.timeout(timeout) as deadline:
+                await self._read_publish_replies(pub, count, deadline, timeout)
+        except TimeoutError:
+            raise self._lost(TimeoutError(f"no reply to PUBLISH within {timeout}s")) from None
+        except (RedisError, OSError) as exc:
             raise self._lost(exc) from None
 
-    async def _read_publish_replies(self, pub: AbstractConnection, count: int) -> None:
-        for _ in range(count):
+    async def _read_publish_replies(
+        self, pub: AbstractConnection, count: int, deadline: asyncio.Timeout, timeout: float | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(count):
+            if timeout is not None and index % _REPLIES_PER_DEADLINE == 0:
+                deadline.reschedule(loop.time() + timeout)  # socket_timeout per reply, roughly
             try:
                 await pub.read_response(timeout=math.inf, disconnect_on_error=False)
             except ResponseError as exc:  # e.g. NOPERM on a channel: only that one
