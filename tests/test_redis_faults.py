@@ -333,6 +333,9 @@ async def test_acl_refused_subscribe_is_reported_not_fatal(server: RedisServer, 
         target.dispatch_event(make_event("nope", "t", "refused"))
         target.dispatch_event(make_event("ok", "t", "fine"))
         await allowed.wait_for_payload("fine")
+        # The refusal is counted when the publisher reads Redis's reply, which may
+        # come after the delivery on the subscriber connection: flush waits for it.
+        await within(target.flush())
         assert target.redis_stats.subscribe_errors == 1
         assert target.redis_stats.publish_errors == 1
         assert target.connected
