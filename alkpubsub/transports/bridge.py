@@ -131,10 +131,9 @@ class HubBridge:
         self._on_status = on_status
         self._listening: set[str] = set()
         self._pending: deque[bytes] = deque()  # encoded envelopes
-        self._below_low_water = asyncio.Event()
-        self._below_low_water.set()
-        self._relieved = asyncio.Event()  # the outbox at a quarter or less
-        self._relieved.set()
+        # Set, and replaced by a fresh one, whenever the outbox shrank or stopped
+        # draining: drain() and relieved() wait on it and check their own mark.
+        self._shrank = asyncio.Event()
         # A target that takes encoded envelopes (SpokeTarget.dispatch_encoded)
         # is spared a second encoding; any other gets the event.
         self._dispatch_frame: Callable[[bytes], bool] = getattr(
@@ -159,8 +158,7 @@ class HubBridge:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._below_low_water.set()
-        self._relieved.set()
+        self._announce_shrink()
         await self.target.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -268,10 +266,6 @@ class HubBridge:
                 )
             return
         pending.append(frame)
-        if len(pending) > self.max_pending // 4:
-            self._relieved.clear()
-        if len(pending) > self.max_pending // 2:
-            self._below_low_water.clear()
         if self._drainer is None:
             self._drainer = self._spawn(self._drain_pending())
 
@@ -292,15 +286,15 @@ class HubBridge:
                     else:
                         stats.published += 1
                     pending.popleft()
-                if len(pending) <= self.max_pending // 2:
-                    self._below_low_water.set()
-                if len(pending) <= self.max_pending // 4:
-                    self._relieved.set()
+                self._announce_shrink()
             self._warned_drop = False
         finally:
             self._drainer = None
-            self._below_low_water.set()
-            self._relieved.set()
+            self._announce_shrink()
+
+    def _announce_shrink(self) -> None:
+        shrank, self._shrank = self._shrank, asyncio.Event()
+        shrank.set()
 
     @property
     def congested(self) -> bool:
@@ -324,11 +318,11 @@ class HubBridge:
                 and not self._closed
                 and not lost.done()
             ):
-                low = asyncio.ensure_future(self._relieved.wait())
+                shrank = asyncio.ensure_future(self._shrank.wait())
                 try:
-                    await asyncio.wait({low, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({shrank, lost}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    low.cancel()
+                    shrank.cancel()
         finally:
             lost.cancel()
             await asyncio.gather(lost, return_exceptions=True)
@@ -336,8 +330,7 @@ class HubBridge:
     async def drain(self) -> None:
         """Wait until the bridge's own outbox is under its low-water mark."""
         while len(self._pending) > self.max_pending // 2 and not self._closed:
-            self._below_low_water.clear()
-            await self._below_low_water.wait()
+            await self._shrank.wait()
 
     # -- confirmations ------------------------------------------------------------------------
 
