@@ -218,6 +218,7 @@ class PicowsLink(WSListener):
                     message = frame.get_payload_as_bytes()
                     if msg_type is _TEXT and self.validate_utf8 and not message.isascii():
                         _check_utf8(message)
+                    # _deliver's push check, inlined: this runs once per message.
                     push = self._push
                     if push is not None:
                         push(message)
