@@ -314,9 +314,28 @@ async def test_h6_slow_broker_slows_spoke_publishers_down(bridged: BridgedBus) -
     heard = Recorder()
     subscriber.add_event_listener("slow:t", heard)
     await flush_all(subscriber, publisher)
+    bridge = hub_a.bridge
+    # Redis's PUBLISHes are held until hub A first stops reading its spoke, however
+    # long the publisher takes to fill the outboxes on a slow machine; the pause's
+    # own end (10 s) only bounds a failure.
+    throttling = asyncio.Event()
+    relieved = bridge.relieved
+
+    async def spied_relieved() -> None:
+        if bridge.congested:
+            throttling.set()
+        await relieved()
+
+    bridge.relieved = spied_relieved  # type: ignore[method-assign]
     spy = await spy_on(bridged)
+
+    async def unpause_once_throttled() -> None:
+        await throttling.wait()
+        await spy.execute_command("CLIENT", "UNPAUSE")
+
+    await spy.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    unpause = asyncio.ensure_future(unpause_once_throttled())
     try:
-        await spy.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
         # Far more than the target's outbox (1 MiB) and the bridge's (200 events).
         count, sent, waits = 40_000, 0, 0
         while sent < count:
@@ -329,7 +348,10 @@ async def test_h6_slow_broker_slows_spoke_publishers_down(bridged: BridgedBus) -
             sent += 1
         await within(publisher.flush(), 30)
         await heard.wait_for_count(count, timeout=60)
+        await within(unpause)
     finally:
+        unpause.cancel()
+        await asyncio.gather(unpause, return_exceptions=True)
         await spy.aclose()
     assert [e.detail.payload for e in heard.events] == list(range(count))
     assert hub_a.bridge.stats.dropped == 0
